@@ -1,0 +1,30 @@
+"""Prometheus metrics. Labels are bounded sets: event types from Clerk's spec (else "other"),
+outcomes, and verification failure reasons; never a user or message id."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+
+DELIVERIES = Counter(
+    "clerk_sync_deliveries",
+    "Webhook deliveries answered, by event type and outcome.",
+    ["type", "outcome"],
+)
+VERIFICATION_FAILURES = Counter(
+    "clerk_sync_verification_failures",
+    "Deliveries refused before verification succeeded, by reason.",
+    ["reason"],
+)
+DATABASE_ERRORS = Counter(
+    "clerk_sync_database_errors",
+    "Deliveries answered 503 because the database was unavailable or too slow.",
+)
+LATENCY = Histogram(
+    "clerk_sync_delivery_duration_seconds",
+    "Time from request to answer for verified deliveries.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+)
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

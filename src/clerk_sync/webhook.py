@@ -1,0 +1,135 @@
+"""POST /api/webhooks/clerk: one delivery, top to bottom.
+
+read the raw body (bounded) → verify the signature → parse the event → apply it once → answer.
+
+Svix retries every answer that is not 2xx for about 27 hours, so each answer is chosen for what
+the retry will do: 2xx once the event is durably handled (or known to be a duplicate, stale, or
+ignored), 503 when the database may do better later, and 4xx for what no retry can fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from clerk_sync import metrics
+from clerk_sync.events import NotAClerkEvent, parse_event
+from clerk_sync.limits import FailedVerificationLimiter
+from clerk_sync.storage import EventRejected, Store, StoreUnavailable
+from clerk_sync.verify import VerificationError, Verifier
+
+log = logging.getLogger("clerk_sync.webhook")
+
+RETRY_AFTER_SECONDS = "5"
+# Tells Svix to stop retrying this one message (and nothing more: never "disable").
+ABORT_RETRIES = {"webhook-delivery": "abort-message"}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def json_response(status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class WebhookReceiver:
+    def __init__(
+        self,
+        verifier: Verifier,
+        store: Store,
+        limiter: FailedVerificationLimiter,
+        *,
+        max_body_bytes: int,
+    ) -> None:
+        self.verifier = verifier
+        self.store = store
+        self.limiter = limiter
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            body = await read_body(request, self.max_body_bytes)
+        except BodyTooLarge:
+            return json_response(413, {"error": f"body larger than {self.max_body_bytes} bytes"})
+
+        try:
+            delivery = self.verifier.verify(request.headers, body)
+        except VerificationError as exc:
+            return self._refuse(request, exc)
+        message_id = delivery.message_id
+
+        try:
+            event = parse_event(body)
+        except NotAClerkEvent as exc:
+            return await self._dead_letter(message_id, body, str(exc))
+
+        try:
+            outcome = await self.store.apply(message_id, event)
+        except StoreUnavailable as exc:
+            metrics.DATABASE_ERRORS.inc()
+            log.warning("delivery %s (%s) not applied, answered 503: %s", message_id, event.type, exc)
+            return json_response(
+                503,
+                {"error": "database unavailable, retry later"},
+                {"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        except EventRejected as exc:
+            return await self._dead_letter(message_id, body, f"the database refused it: {exc}")
+
+        elapsed = time.perf_counter() - started
+        metrics.DELIVERIES.labels(event.metric_type, outcome.value).inc()
+        metrics.LATENCY.observe(elapsed)
+        log.info(
+            "delivery %s type=%s user=%s outcome=%s %.1fms",
+            message_id, event.type, event.user_id, outcome.value, elapsed * 1000,
+        )  # fmt: skip
+        return json_response(200, {"outcome": outcome.value})
+
+    def _refuse(self, request: Request, exc: VerificationError) -> Response:
+        metrics.VERIFICATION_FAILURES.labels(exc.reason).inc()
+        client = request.client.host if request.client else "unknown"
+        if self.limiter.record_failure(client):
+            return json_response(
+                429,
+                {"error": "too many failed verifications from this client"},
+                {"Retry-After": "60"},
+            )
+        return json_response(exc.status, {"error": exc.message})
+
+    async def _dead_letter(self, message_id: str, body: bytes, error: str) -> Response:
+        """A genuine delivery that can never apply: keep it, and tell Svix to stop retrying."""
+        try:
+            await self.store.record_invalid(message_id, body, error)
+        except StoreUnavailable:
+            metrics.DATABASE_ERRORS.inc()
+            # Not kept yet: let Svix bring it back when the database can take it.
+            return json_response(
+                503, {"error": "database unavailable, retry later"}, {"Retry-After": RETRY_AFTER_SECONDS}
+            )
+        except EventRejected:
+            log.error("delivery %s could not even be kept as a dead letter", message_id)
+        metrics.DELIVERIES.labels("other", "invalid").inc()
+        log.warning("delivery %s is not a Clerk event, kept as a dead letter: %s", message_id, error)
+        return json_response(400, {"error": f"not a Clerk event: {error}"}, ABORT_RETRIES)
