@@ -108,7 +108,9 @@ def deleted_event(user_id: str) -> dict[str, Any]:
     }
 
 
-def session_event(user_id: str, created_at: int, last_sign_in_at: int | None = None) -> dict[str, Any]:
+def session_event(
+    user_id: str, created_at: int, last_sign_in_at: int | None = None
+) -> dict[str, Any]:
     user = None
     if last_sign_in_at is not None:
         user = {"object": "user", "id": user_id, "last_sign_in_at": last_sign_in_at}
@@ -219,12 +221,23 @@ class ThrowawayPostgres:
 
     def stop(self) -> None:
         self._ep.pg_ctl(
-            ["-w", "-m", "immediate", "stop"], pgdata=self.server.pgdata, user=self.server.system_user
+            ["-w", "-m", "immediate", "stop"],
+            pgdata=self.server.pgdata,
+            user=self.server.system_user,
         )
 
     def start(self) -> None:
         self._ep.pg_ctl(
-            ["-w", "-o", '-h ""', "-o", f"-k {self._socket_dir}", "-l", str(self.server.log), "start"],
+            [
+                "-w",
+                "-o",
+                '-h ""',
+                "-o",
+                f"-k {self._socket_dir}",
+                "-l",
+                str(self.server.log),
+                "start",
+            ],
             pgdata=self.server.pgdata,
             user=self.server.system_user,
             timeout=30,
@@ -285,7 +298,9 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def running_server(env: dict[str, str], args: list[str] | None = None, cwd: Path | None = None) -> Iterator[ServerProcess]:
+def running_server(
+    env: dict[str, str], args: list[str] | None = None, cwd: Path | None = None
+) -> Iterator[ServerProcess]:
     server = ServerProcess(env, args, cwd)
     try:
         server.wait_ready()

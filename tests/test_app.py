@@ -34,7 +34,12 @@ def test_readyz_on_an_unmigrated_database(pg_server: str, secret: tuple[str, byt
 
 def test_metrics_count_deliveries(client: TestClient, secret: tuple[str, bytes]) -> None:
     body = support.dumps(support.user_event("user.created", "user_metrics1", 1_700_000_000_001))
-    assert client.post("/api/webhooks/clerk", content=body, headers=support.signed_headers(secret[1], body)).status_code == 200
+    assert (
+        client.post(
+            "/api/webhooks/clerk", content=body, headers=support.signed_headers(secret[1], body)
+        ).status_code
+        == 200
+    )
     text = client.get("/metrics").text
     assert 'clerk_sync_deliveries_total{outcome="applied",type="user.created"}' in text
     assert "clerk_sync_delivery_duration_seconds_bucket" in text

@@ -22,7 +22,7 @@ from clerk_sync import migrations
 from clerk_sync.datadir import create_dev_secret, read_dev_secret
 from clerk_sync.settings import ConfigError, Settings, decode_signing_secret, load_settings
 from clerk_sync.storage.embedded import EmbeddedPostgresError, embedded_postgres
-from clerk_sync.storage.postgres import connect_kwargs, describe_dsn
+from clerk_sync.storage.postgres import connect, describe_dsn
 
 cli = typer.Typer(
     name="clerk-sync",
@@ -73,8 +73,7 @@ def database(settings: Settings) -> Iterator[str]:
 
 
 async def _migrate(settings: Settings, dsn: str) -> list[migrations.Migration]:
-    kwargs = connect_kwargs(dsn, settings.prepared_statements, timeout=10)
-    conn = await asyncpg.connect(**kwargs)  # type: ignore[arg-type]
+    conn = await connect(dsn, settings.prepared_statements)
     try:
         return await migrations.migrate(conn)
     finally:
@@ -91,7 +90,9 @@ def run_migrations(settings: Settings, dsn: str) -> None:
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
         typer.echo(f"clerk-sync: applied migrations {names}", err=True)
     else:
-        typer.echo(f"clerk-sync: schema is current (version {migrations.latest_version()})", err=True)
+        typer.echo(
+            f"clerk-sync: schema is current (version {migrations.latest_version()})", err=True
+        )
 
 
 @cli.command()
@@ -178,9 +179,49 @@ def schema() -> None:
     sys.stdout.write(migrations.render_schema())
 
 
+async def _recent_users(settings: Settings, dsn: str, limit: int) -> list[asyncpg.Record]:
+    conn = await connect(dsn, settings.prepared_statements)
+    try:
+        return list(
+            await conn.fetch(
+                """select id, email, first_name, last_name, updated_at, last_sign_in_at, deleted_at
+                   from public.users order by updated_at desc nulls last limit $1""",
+                limit,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+@cli.command()
+def users(
+    limit: Annotated[int, typer.Option(help="How many rows to show")] = 20,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Show the most recently updated rows of public.users."""
+    settings = settings_or_exit(database_url=database_url, data_dir=data_dir)
+    with database(settings) as dsn:
+        try:
+            rows = asyncio.run(_recent_users(settings, dsn, limit))
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            fail(f"cannot read users at {describe_dsn(dsn)}: {exc} (run clerk-sync migrate?)")
+    if not rows:
+        typer.echo("no users yet")
+    for row in rows:
+        name = " ".join(part for part in (row["first_name"], row["last_name"]) if part)
+        state = f"deleted {row['deleted_at']:%Y-%m-%d %H:%M:%S}" if row["deleted_at"] else ""
+        typer.echo(
+            f"{row['id']}  {row['email'] or '-'}  {name or '-'}  updated {row['updated_at']}"
+            f"  signed in {row['last_sign_in_at'] or '-'}  {state}".rstrip()
+        )
+
+
 @cli.command("send-test")
 def send_test(
-    event_type: Annotated[str, typer.Argument(help="e.g. user.created, user.updated, session.created")],
+    event_type: Annotated[
+        str, typer.Argument(help="e.g. user.created, user.updated, session.created")
+    ],
     url: Annotated[
         str | None, typer.Option(help="Webhook URL [default: http://HOST:PORT/api/webhooks/clerk]")
     ] = None,
@@ -191,7 +232,9 @@ def send_test(
     updated_at: Annotated[
         int | None, typer.Option(help="data.updated_at in ms [default: now]")
     ] = None,
-    svix_id: Annotated[str | None, typer.Option(help="The delivery's svix-id [default: new]")] = None,
+    svix_id: Annotated[
+        str | None, typer.Option(help="The delivery's svix-id [default: new]")
+    ] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Post a realistic signed example event to a running clerk-sync."""
@@ -200,7 +243,7 @@ def send_test(
     settings = settings_or_exit(data_dir=data_dir)
     if event_type not in example_types():
         fail(f"unknown event type {event_type!r}; one of: {', '.join(example_types())}", 2)
-    secret = (settings.signing_secrets or [None])[0] or read_dev_secret(settings.data_dir)
+    secret = next(iter(settings.signing_secrets), None) or read_dev_secret(settings.data_dir)
     if secret is None:
         fail(
             "CLERK_WEBHOOK_SECRET: not set, and no dev secret in "
@@ -208,16 +251,18 @@ def send_test(
             2,
         )
     target = url or f"http://{settings.host}:{settings.port}/api/webhooks/clerk"
-    event = build_event(
-        event_type, Overrides(user_id, email, first_name, last_name, updated_at)
-    )
+    event = build_event(event_type, Overrides(user_id, email, first_name, last_name, updated_at))
     try:
         response = post_event(target, decode_signing_secret(secret), event, svix_id)
     except httpx.HTTPError as exc:
-        fail(f"could not post to {target}: {exc or type(exc).__name__} (is clerk-sync serve running?)")
+        fail(
+            f"could not post to {target}: {exc or type(exc).__name__} (is clerk-sync serve running?)"
+        )
     typer.echo(f"{response.status_code} {response.text.strip()}")
     if response.is_redirect:
-        fail(f"{target} redirects to {response.headers.get('location')}; Svix does not follow redirects")
+        fail(
+            f"{target} redirects to {response.headers.get('location')}; Svix does not follow redirects"
+        )
     if not response.is_success:
         raise typer.Exit(1)
 

@@ -116,7 +116,7 @@ def parse_event(body: bytes) -> ClerkEvent:
     elif event_type == "user.deleted":
         user_id = _user_id(data.get("id"), event_type)
     elif event_type == SIGN_IN_EVENT_TYPE:
-        user = data.get("user") if isinstance(data.get("user"), dict) else {}
+        user: dict[str, Any] = data["user"] if isinstance(data.get("user"), dict) else {}
         session_user = data.get("user_id")
         user_id = _user_id(session_user if session_user is not None else user.get("id"), event_type)
         sign_in = user.get("last_sign_in_at")

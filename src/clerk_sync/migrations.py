@@ -15,6 +15,9 @@ from functools import cache
 from importlib import resources
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 MIGRATION_LOCK = "select pg_catalog.pg_advisory_xact_lock(1668049780, 0)"
 
@@ -53,12 +56,14 @@ def latest_version() -> int:
     return migrations()[-1].version
 
 
-async def migrate(conn: asyncpg.Connection) -> list[Migration]:
+async def migrate(conn: Connection) -> list[Migration]:
     """Apply the pending migrations; returns those applied (none when already current)."""
     async with conn.transaction():
         await conn.execute(MIGRATION_LOCK)
         await conn.execute(BOOTSTRAP_SQL)
-        done = {row[0] for row in await conn.fetch("select version from clerk_sync.schema_migrations")}
+        done = {
+            row[0] for row in await conn.fetch("select version from clerk_sync.schema_migrations")
+        }
         pending = [m for m in migrations() if m.version not in done]
         for migration in pending:
             await conn.execute(migration.sql)
@@ -66,7 +71,7 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
     return pending
 
 
-async def current_version(conn: asyncpg.Connection) -> int:
+async def current_version(conn: Connection) -> int:
     """The schema version a database is at (0 when clerk-sync never migrated it)."""
     exists = await conn.fetchval("select to_regclass('clerk_sync.schema_migrations') is not null")
     return int(await conn.fetchval(CURRENT_VERSION_SQL)) if exists else 0

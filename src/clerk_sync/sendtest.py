@@ -95,7 +95,9 @@ def build_event(event_type: str, overrides: Overrides | None = None) -> dict[str
     return event
 
 
-def signed_headers(key: bytes, message_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+def signed_headers(
+    key: bytes, message_id: str, body: bytes, timestamp: int | None = None
+) -> dict[str, str]:
     ts = int(time.time()) if timestamp is None else timestamp
     return {
         "content-type": "application/json",
@@ -106,7 +108,11 @@ def signed_headers(key: bytes, message_id: str, body: bytes, timestamp: int | No
 
 
 def post_event(
-    url: str, key: bytes, event: dict[str, Any], message_id: str | None = None, timeout: float = 15.0
+    url: str,
+    key: bytes,
+    event: dict[str, Any],
+    message_id: str | None = None,
+    timeout: float = 15.0,
 ) -> httpx.Response:
     body = json.dumps(event).encode()
     headers = signed_headers(key, message_id or new_id("msg"), body)

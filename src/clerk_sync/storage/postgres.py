@@ -44,11 +44,20 @@ def describe_dsn(dsn: str) -> str:
         return "the configured database"
 
 
-def connect_kwargs(dsn: str, prepared_statements: str, timeout: float) -> dict[str, object]:
+def statement_cache_size(dsn: str, prepared_statements: str) -> int:
+    """asyncpg's prepared-statement cache: off through a transaction pooler (or when asked)."""
     use_cache = prepared_statements == "on" or (
         prepared_statements == "auto" and not uses_transaction_pooler(dsn)
     )
-    return {"dsn": dsn, "timeout": timeout, "statement_cache_size": 1024 if use_cache else 0}
+    return 1024 if use_cache else 0
+
+
+async def connect(
+    dsn: str, prepared_statements: str = "auto", timeout: float = 10
+) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        dsn, timeout=timeout, statement_cache_size=statement_cache_size(dsn, prepared_statements)
+    )
 
 
 class PostgresStore:
@@ -70,10 +79,12 @@ class PostgresStore:
         # min_size=0: the server starts (and says it is not ready) even while the database is
         # down; connections are made on first use and remade after an outage.
         pool = await asyncpg.create_pool(
+            dsn,
             min_size=0,
             max_size=pool_size,
             max_inactive_connection_lifetime=60,
-            **connect_kwargs(dsn, prepared_statements, timeout),  # type: ignore[arg-type]
+            timeout=timeout,
+            statement_cache_size=statement_cache_size(dsn, prepared_statements),
         )
         return cls(pool, delete_mode=delete_mode, timeout=timeout)
 
@@ -104,7 +115,9 @@ class PostgresStore:
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             return f"database unreachable: {type(exc).__name__}"
         if version < latest_version():
-            return f"schema at version {version}, expected {latest_version()}: run clerk-sync migrate"
+            return (
+                f"schema at version {version}, expected {latest_version()}: run clerk-sync migrate"
+            )
         return None
 
     async def close(self) -> None:

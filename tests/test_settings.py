@@ -1,0 +1,102 @@
+"""Settings: variables, aliases, `.env`, flag precedence, and one-line errors naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clerk_sync.settings import ConfigError, decode_signing_secret, load_settings, split_secrets
+from tests import support
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in (
+        "CLERK_WEBHOOK_SECRET", "CLERK_WEBHOOK_SIGNING_SECRET", "DATABASE_URL", "PORT", "HOST",
+        "CLERK_SYNC_DATA_DIR", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "CLERK_SYNC_DELETE_MODE",
+    ):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert (s.host, s.port, s.delete_mode, s.max_body_bytes) == ("127.0.0.1", 8000, "soft", 1048576)
+    assert s.signing_secrets == []
+    assert s.database_url is None
+    assert s.data_dir == Path(".clerk-sync")
+
+
+def test_several_secrets_for_a_rotation(monkeypatch: pytest.MonkeyPatch) -> None:
+    (a, key_a), (b, key_b), (c, key_c) = (support.make_secret() for _ in range(3))
+    monkeypatch.setenv("CLERK_WEBHOOK_SECRET", f"{a}, {b} {c}")
+    s = load_settings()
+    assert s.signing_secrets == [a, b, c]
+    assert s.signing_keys == [key_a, key_b, key_c]
+
+
+def test_clerk_docs_variable_name_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret, key = support.make_secret()
+    monkeypatch.setenv("CLERK_WEBHOOK_SIGNING_SECRET", secret)
+    assert load_settings().signing_keys == [key]
+
+
+def test_precedence_flags_then_environment_then_dotenv(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("PORT=7001\nHOST=0.0.0.0\n")
+    assert load_settings().port == 7001
+    monkeypatch.setenv("PORT", "7002")
+    s = load_settings()
+    assert (s.port, s.host) == (7002, "0.0.0.0")
+    assert load_settings(port=7003).port == 7003
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        (
+            "CLERK_WEBHOOK_SECRET",
+            "sk_test_abc",
+            "CLERK_WEBHOOK_SECRET: a Svix signing secret starts with 'whsec_'",
+        ),
+        (
+            "CLERK_WEBHOOK_SECRET",
+            "whsec_%%%notbase64",
+            "CLERK_WEBHOOK_SECRET: the part after 'whsec_' is not valid base64",
+        ),
+        ("CLERK_WEBHOOK_SECRET", "whsec_YWJj", "CLERK_WEBHOOK_SECRET: the secret is too short"),
+        ("PORT", "eighty", "PORT: "),
+        ("PORT", "70000", "PORT: "),
+        ("DATABASE_URL", "mysql://root@localhost/db", "DATABASE_URL: expected a postgresql://"),
+        ("CLERK_SYNC_DELETE_MODE", "purge", "CLERK_SYNC_DELETE_MODE: "),
+    ],
+)
+def test_malformed_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith(expected)
+    assert "\n" not in message
+    if "SECRET" in variable:
+        assert value not in message  # never echo a secret
+
+
+def test_second_secret_malformed_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    good, _ = support.make_secret()
+    monkeypatch.setenv("CLERK_WEBHOOK_SECRET", f"{good} whsec_!!")
+    with pytest.raises(ConfigError, match="CLERK_WEBHOOK_SECRET"):
+        load_settings()
+
+
+def test_secret_decoding() -> None:
+    assert decode_signing_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")[:4] == bytes.fromhex(
+        "31f290f6"
+    )
+    # Unpadded secrets decode as the reference libraries decode them.
+    assert len(decode_signing_secret("whsec_plJ3nmyCDGBKInavdOK15jsl")) == 18
+    assert split_secrets(" a, b,,c  d ") == ["a", "b", "c", "d"]
