@@ -83,15 +83,31 @@ def _user_id(value: Any, event_type: str) -> str:
     return value
 
 
+def _contains_nul(value: Any) -> bool:
+    """Whether any string (key or value) in parsed JSON holds a NUL character."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def parse_event(body: bytes) -> ClerkEvent:
     """Parse a verified body; NotAClerkEvent if it is not JSON, or not shaped as Clerk sends."""
-    if b"\\u0000" in body:
-        # JSON allows it; PostgreSQL's jsonb cannot store it, and Clerk never sends it.
-        raise NotAClerkEvent("the body contains a \\u0000 escape")
     try:
         event = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise NotAClerkEvent("the body is not JSON (or not UTF-8)") from None
+    if b"\\u0000" in body and _contains_nul(event):
+        # JSON allows it; PostgreSQL's jsonb cannot store it, and Clerk never sends it.
+        raise NotAClerkEvent("the body contains a \\u0000 character")
     if not isinstance(event, dict):
         raise NotAClerkEvent("the body is not a JSON object")
     event_type = event.get("type")

@@ -17,6 +17,8 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SECRET_PREFIX = "whsec_"
+CLERK_SECRET_KEY_PREFIX = "sk_"
+DEFAULT_CLERK_API_URL = "https://api.clerk.com/v1"
 DEFAULT_DATA_DIR = Path(".clerk-sync")
 
 
@@ -85,6 +87,9 @@ class Settings(BaseSettings):
     prepared_statements: Literal["auto", "on", "off"] = Field(
         default="auto", validation_alias="CLERK_SYNC_PREPARED_STATEMENTS"
     )
+    # For `backfill`: the Backend API secret key and where the API is (tests use a stand-in).
+    clerk_secret_key: str | None = Field(default=None, validation_alias="CLERK_SECRET_KEY")
+    clerk_api_url: str = Field(default=DEFAULT_CLERK_API_URL, validation_alias="CLERK_API_URL")
 
     @field_validator("webhook_secret")
     @classmethod
@@ -105,6 +110,28 @@ class Settings(BaseSettings):
                 "expected a postgresql://user:password@host:port/dbname connection string"
             )
         return value.strip()
+
+    @field_validator("clerk_secret_key")
+    @classmethod
+    def _check_clerk_secret_key(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.strip().startswith(CLERK_SECRET_KEY_PREFIX):
+            # Never echo the value: a publishable key (pk_…) pasted here is harmless, but a
+            # mangled secret key is still a secret.
+            raise ValueError(
+                "a Clerk secret key starts with 'sk_' (copy it from Clerk Dashboard → API Keys → "
+                "Secret keys; the 'pk_' publishable key will not do)"
+            )
+        return value.strip()
+
+    @field_validator("clerk_api_url")
+    @classmethod
+    def _check_clerk_api_url(cls, value: str) -> str:
+        value = value.strip() or DEFAULT_CLERK_API_URL
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("expected an http(s):// URL such as https://api.clerk.com/v1")
+        return value.rstrip("/")
 
     @property
     def signing_secrets(self) -> list[str]:
@@ -130,6 +157,8 @@ _VARIABLES = {
     "db_timeout": "CLERK_SYNC_DB_TIMEOUT",
     "pool_size": "CLERK_SYNC_POOL_SIZE",
     "prepared_statements": "CLERK_SYNC_PREPARED_STATEMENTS",
+    "clerk_secret_key": "CLERK_SECRET_KEY",
+    "clerk_api_url": "CLERK_API_URL",
 }
 
 
