@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,6 +96,10 @@ def run_migrations(settings: Settings, dsn: str) -> None:
         )
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on [env: HOST]")] = None,
@@ -153,6 +158,9 @@ def serve(
             err=True,
         )
         app = create_app_from_settings(settings, dsn)
+        # uvicorn re-raises SIGTERM once it has shut down; ending the process there would skip
+        # stopping the embedded database. Make it end this block like Ctrl+C does instead.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         uvicorn.run(
             app,
             host=settings.host,

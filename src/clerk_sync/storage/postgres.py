@@ -60,6 +60,12 @@ async def connect(
     )
 
 
+async def _no_session_reset(conn: asyncpg.Connection) -> None:
+    """asyncpg resets every connection it takes back (RESET ALL, UNLISTEN, …): one more round
+    trip per delivery. We keep no session state (advisory locks are transaction-scoped), and an
+    open transaction is still rolled back by the pool before this runs."""
+
+
 class PostgresStore:
     def __init__(self, pool: asyncpg.Pool, *, delete_mode: str, timeout: float) -> None:
         self._pool = pool
@@ -83,6 +89,7 @@ class PostgresStore:
             min_size=0,
             max_size=pool_size,
             max_inactive_connection_lifetime=60,
+            reset=_no_session_reset,
             timeout=timeout,
             statement_cache_size=statement_cache_size(dsn, prepared_statements),
         )
