@@ -275,5 +275,76 @@ def send_test(
         raise typer.Exit(1)
 
 
+@cli.command()
+def backfill(
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Read everything, write nothing, say what would change"),
+    ] = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune", help="Delete (as user.deleted does) users that Clerk no longer has"
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Let --prune remove more than --max-prune-ratio")
+    ] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Begin anew instead of resuming an unfinished run")
+    ] = False,
+    max_prune_ratio: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Largest share of rows --prune may remove"),
+    ] = 0.10,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Copy every user from Clerk's Backend API through the webhook write path.
+
+    Exit status: 0 in sync, 3 drift repaired, 4 drift found (--dry-run), 1 failed, 2 refused.
+    """
+    from clerk_sync import backfill as backfilling
+    from clerk_sync.clerk_api import ClerkAPIError
+
+    settings = settings_or_exit(database_url=database_url, data_dir=data_dir)
+    if not settings.clerk_secret_key:
+        fail(
+            "CLERK_SECRET_KEY: not set; copy the secret key (sk_…) from Clerk Dashboard → API Keys",
+            2,
+        )
+    options = backfilling.BackfillOptions(
+        dry_run=dry_run,
+        prune=prune,
+        force=force,
+        restart=restart,
+        max_prune_ratio=max_prune_ratio,
+        delete_mode=settings.delete_mode,
+    )
+    reporter = backfilling.RichReporter() if sys.stderr.isatty() else backfilling.PlainReporter()
+    with database(settings) as dsn:
+        try:
+            result = asyncio.run(backfilling.run(settings, dsn, options, reporter))
+        except KeyboardInterrupt:
+            fail("interrupted; run `clerk-sync backfill` again to resume where it stopped", 130)
+        except backfilling.PruneRefused as exc:
+            typer.echo(exc.result.summary())
+            fail(str(exc), backfilling.REFUSED)
+        except (backfilling.BackfillError, ClerkAPIError) as exc:
+            fail(str(exc))
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            fail(
+                f"database error at {describe_dsn(dsn)}: {reason} (run `clerk-sync backfill` "
+                "again to resume)"
+            )
+    for kind, user_ids in result.samples.items():
+        typer.echo(f"clerk-sync: {kind} (first {len(user_ids)}): {', '.join(user_ids)}", err=True)
+    typer.echo(result.summary())
+    if result.exit_status == backfilling.FAILED:
+        fail(f"{result.tally.errors} users could not be written (see the lines above)")
+    raise typer.Exit(result.exit_status)
+
+
 def main() -> None:
     cli()

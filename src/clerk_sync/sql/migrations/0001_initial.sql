@@ -59,7 +59,9 @@ create table if not exists clerk_sync.pending_sign_ins (
     last_sign_in_at  timestamptz not null
 );
 
--- Clerk sends times as milliseconds since the epoch; this keeps them exact (no float rounding).
+-- Clerk sends times as milliseconds since the epoch. Whole days and the milliseconds within a
+-- day are each small enough for interval arithmetic to stay exact at any date; adding them to a
+-- timestamp without time zone keeps the session's time zone (and its DST) out of it.
 create or replace function clerk_sync.ms_to_timestamptz(p_ms jsonb)
 returns timestamptz
 language sql
@@ -67,9 +69,11 @@ immutable
 parallel safe
 set search_path = ''
 as $$
-    select case jsonb_typeof(p_ms)
-        when 'number' then timestamptz 'epoch' + (p_ms::text::numeric * interval '1 millisecond')
-    end
+    select (timestamp '1970-01-01'
+            + div(ms, 86400000) * interval '1 day'
+            + mod(ms, 86400000) * interval '1 millisecond') at time zone 'UTC'
+    -- CASE, not WHERE: the planner folds the cast early, and must not on a non-number.
+    from (select case jsonb_typeof(p_ms) when 'number' then p_ms::text::numeric end as ms) as n
 $$;
 
 -- The primary entry (by id) of a list of email addresses or phone numbers, or null.

@@ -1,0 +1,186 @@
+"""A small async client for the parts of Clerk's Backend API that `backfill` reads.
+
+Why not Clerk's SDK (`clerk-backend-api`)? It parses every user into its pydantic models, and
+`backfill` needs each user as raw JSON, exactly as a webhook's `data` carries it, to feed the same
+SQL write path: re-serializing the models would rename, drop or add fields. What we need is three
+GETs, a bearer key and a retry policy, which is what this module is.
+
+Retries: a 429 waits for its `Retry-After` (capped); a 5xx, a timeout or a dropped connection is
+retried with exponential back-off and jitter, a few times, before `ClerkAPIError` is raised. A
+rejected key (401/403) and any other 4xx are raised at once: retrying cannot fix them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import httpx
+
+from clerk_sync import __version__
+
+PAGE_LIMIT = 500  # the API's maximum for GET /v1/users
+FILTER_LIMIT = 100  # the API's maximum number of user_id filters in one request
+MAX_ATTEMPTS = 6
+MAX_RETRY_AFTER = 60.0  # seconds: never sleep longer than this on one 429
+BACKOFF_BASE = 0.5  # seconds: first back-off, doubled per attempt
+BACKOFF_MAX = 20.0
+
+User = dict[str, Any]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class ClerkAPIError(Exception):
+    """The Backend API could not be read; the message is one line a user can act on."""
+
+
+class ClerkAuthError(ClerkAPIError):
+    """The secret key was rejected (401/403): retrying cannot help."""
+
+
+class ClerkClient:
+    """GET /users, /users/count and /users?user_id=… with a bearer key and retries."""
+
+    def __init__(
+        self,
+        secret_key: str,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        max_attempts: int = MAX_ATTEMPTS,
+        sleep: Sleep = asyncio.sleep,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._max_attempts = max_attempts
+        self._sleep = sleep
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={
+                "Authorization": f"Bearer {secret_key}",
+                "Accept": "application/json",
+                "User-Agent": f"clerk-sync/{__version__}",
+            },
+            timeout=timeout,
+            transport=transport,
+        )
+        # How often each kind of trouble was retried, for the summary.
+        self.retries = {"rate_limited": 0, "server_error": 0, "network_error": 0}
+
+    async def __aenter__(self) -> ClerkClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def list_users(self, offset: int, limit: int = PAGE_LIMIT) -> list[User]:
+        """One page of users, oldest first: new sign-ups land at the end, so pages stay put."""
+        params = {"limit": limit, "offset": offset, "order_by": "+created_at"}
+        return _user_list(await self._get_json("/users", params))
+
+    async def count_users(self) -> int:
+        body = await self._get_json("/users/count", {})
+        total = body.get("total_count") if isinstance(body, dict) else None
+        if not isinstance(total, int):
+            raise ClerkAPIError(f"{self.base_url}/users/count did not answer a total_count")
+        return total
+
+    async def existing_user_ids(self, user_ids: Sequence[str]) -> set[str]:
+        """Which of these users Clerk still has (asked by id, FILTER_LIMIT at a time)."""
+        found: set[str] = set()
+        for start in range(0, len(user_ids), FILTER_LIMIT):
+            chunk = list(user_ids[start : start + FILTER_LIMIT])
+            params = [("user_id", user_id) for user_id in chunk]
+            params += [("limit", str(FILTER_LIMIT)), ("offset", "0")]
+            users = _user_list(await self._get_json("/users", params))
+            found.update(str(user["id"]) for user in users)
+        return found
+
+    async def _get_json(self, path: str, params: Any) -> Any:
+        url = self.base_url + path
+        for attempt in range(1, self._max_attempts + 1):
+            last = attempt == self._max_attempts
+            try:
+                response = await self._http.get(path, params=params)
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                if last:
+                    raise ClerkAPIError(
+                        f"cannot reach {url}: {type(exc).__name__} after {attempt} attempts"
+                    ) from None
+                self.retries["network_error"] += 1
+                await self._sleep(backoff(attempt))
+                continue
+
+            status = response.status_code
+            if status == 200:
+                try:
+                    return response.json()
+                except ValueError:
+                    raise ClerkAPIError(
+                        f"{url} answered 200 but not JSON (is CLERK_API_URL right?)"
+                    ) from None
+            if status in (401, 403):
+                raise ClerkAuthError(
+                    f"CLERK_SECRET_KEY was rejected ({status}): check it is the secret key of the "
+                    f"same Clerk instance{_clerk_message(response, ' (Clerk said: {})')}"
+                )
+            if status == 429 and not last:
+                self.retries["rate_limited"] += 1
+                await self._sleep(retry_after(response.headers.get("retry-after")))
+                continue
+            if status >= 500 and not last:
+                self.retries["server_error"] += 1
+                await self._sleep(backoff(attempt))
+                continue
+            if status >= 500 or status == 429:
+                raise ClerkAPIError(f"{url} kept answering {status}, {attempt} attempts")
+            raise ClerkAPIError(f"{url} answered {status}{_clerk_message(response, ': {}')}")
+        raise AssertionError("unreachable")
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` (1, 2, …): exponential, full jitter."""
+    ceiling = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not cryptography)
+
+
+def retry_after(value: str | None) -> float:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), capped."""
+    if value is None:
+        return 1.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            seconds = 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _user_list(body: Any) -> list[User]:
+    if not isinstance(body, list) or not all(isinstance(user, dict) for user in body):
+        raise ClerkAPIError(
+            "GET /users did not answer a JSON array of users (is CLERK_API_URL the Backend API, "
+            "https://api.clerk.com/v1?)"
+        )
+    return body
+
+
+def _clerk_message(response: httpx.Response, template: str) -> str:
+    """Clerk's own words from an error body {"errors": [{"message", "long_message", "code"}]},
+    put into `template`; empty when the body has none."""
+    try:
+        errors = response.json().get("errors") or []
+        first = errors[0]
+        text = first.get("long_message") or first.get("message") or first.get("code")
+    except (ValueError, AttributeError, IndexError, TypeError):
+        return ""
+    return template.format(" ".join(str(text).split())) if text else ""

@@ -1,0 +1,218 @@
+"""A local stand-in for Clerk's Backend API, on a real HTTP port, for the backfill tests.
+
+It follows the documented wire format (facts.md §6): `GET /v1/users` answers a bare JSON array of
+user objects, honours `limit` (1..500, else 422), `offset`, `order_by` (`created_at` with a `+`
+or `-` prefix; Clerk's default is newest first) and repeated `user_id` filters; `GET
+/v1/users/count` answers `{"object": "total_count", "total_count": N}`; a wrong bearer key gets
+Clerk's 401 body. Faults are injected by request number (429 with `Retry-After`, 500) or by
+offset (a hard failure), and every request is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from tests import support
+
+BASE_CREATED_AT = 1_700_000_000_000
+
+
+def clerk_user(index: int, *, updated_at: int | None = None, **fields: Any) -> dict[str, Any]:
+    """The index-th user of the stand-in instance, shaped as the Backend API returns users."""
+    user_id = f"user_{index:06d}bf"
+    created_at = BASE_CREATED_AT + index * 1000
+    user: dict[str, Any] = support.user_event(
+        "user.created",
+        user_id,
+        updated_at if updated_at is not None else created_at + 500,
+        email=f"user{index}@example.com",
+        first_name=f"First{index}",
+    )["data"]
+    user["created_at"] = created_at
+    user.update(fields)
+    return user
+
+
+def clerk_users(count: int) -> list[dict[str, Any]]:
+    return [clerk_user(i) for i in range(count)]
+
+
+@dataclass
+class Logged:
+    path: str
+    query: dict[str, list[str]]
+    status: int
+
+    @property
+    def offset(self) -> int:
+        return int(self.query.get("offset", ["0"])[0])
+
+
+@dataclass
+class StandIn:
+    secret_key: str = "sk_test_standin_0123456789"
+    users: list[dict[str, Any]] = field(default_factory=list)
+    # Users that GET /users?offset=… leaves out but a user_id lookup still finds: as if the list
+    # pages moved under a reader.
+    unlisted: set[str] = field(default_factory=set)
+    rate_limit_requests: set[int] = field(default_factory=set)  # answer 429 to these (1-based)
+    error_requests: set[int] = field(default_factory=set)  # answer 500 to these
+    broken_from_offset: int | None = None  # every page at or past this offset answers 500
+    wrap_pages: bool = (
+        False  # answer {"data": [...], "total_count": n} instead (not Clerk's format)
+    )
+    before_page: Callable[[int], None] | None = None  # called with the offset of each page
+    log: list[Logged] = field(default_factory=list)
+    url: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def page_offsets(self) -> list[int]:
+        """The offsets of the list pages served (lookups by user_id left out)."""
+        return [
+            r.offset
+            for r in self.log
+            if r.path == "/v1/users" and r.status == 200 and "user_id" not in r.query
+        ]
+
+    def answer(
+        self, method: str, target: str, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], Any]:
+        parts = urlsplit(target)
+        query = parse_qs(parts.query)
+        with self._lock:
+            number = len(self.log) + 1
+            status, extra, body = self._answer(method, parts.path, query, headers, number)
+            self.log.append(Logged(parts.path, query, status))
+        return status, extra, body
+
+    def _answer(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, list[str]],
+        headers: dict[str, str],
+        number: int,
+    ) -> tuple[int, dict[str, str], Any]:
+        if headers.get("authorization") != f"Bearer {self.secret_key}":
+            return (
+                401,
+                {},
+                _errors(
+                    "Invalid authentication",
+                    "Unable to authenticate the request, you need to supply an active API key",
+                    "authentication_invalid",
+                ),
+            )
+        if number in self.rate_limit_requests:
+            return (
+                429,
+                {"Retry-After": "1"},
+                _errors("Too Many Requests", None, "too_many_requests"),
+            )
+        if number in self.error_requests:
+            return 500, {}, _errors("Internal server error", None, "internal_clerk_error")
+        if method != "GET":
+            return 405, {}, _errors("Method not allowed", None, "method_not_allowed")
+        if path == "/v1/users/count":
+            return 200, {}, {"object": "total_count", "total_count": len(self.users)}
+        if path != "/v1/users":
+            return 404, {}, _errors("Resource not found", None, "resource_not_found")
+        return self._list(query)
+
+    def _list(self, query: dict[str, list[str]]) -> tuple[int, dict[str, str], Any]:
+        try:
+            limit = int(query.get("limit", ["10"])[0])
+            offset = int(query.get("offset", ["0"])[0])
+        except ValueError:
+            return 422, {}, _errors("Invalid query", None, "form_param_format_invalid")
+        if not 1 <= limit <= 500 or offset < 0:
+            return (
+                422,
+                {},
+                _errors("limit must be between 1 and 500", None, "form_param_value_invalid"),
+            )
+        order_by = query.get("order_by", ["-created_at"])[0]
+        if order_by.lstrip("+-") != "created_at":
+            return (
+                422,
+                {},
+                _errors("unsupported order_by for this stand-in", None, "form_param_value_invalid"),
+            )
+        wanted = set(query.get("user_id", []))
+        if wanted:
+            users = [u for u in self.users if u["id"] in wanted]
+        else:
+            if self.broken_from_offset is not None and offset >= self.broken_from_offset:
+                return 500, {}, _errors("Internal server error", None, "internal_clerk_error")
+            if self.before_page is not None:
+                self.before_page(offset)
+            users = [u for u in self.users if u["id"] not in self.unlisted]
+        users = sorted(users, key=lambda u: u["created_at"], reverse=order_by.startswith("-"))
+        page = users[offset : offset + limit]
+        if self.wrap_pages:
+            return 200, {}, {"data": page, "total_count": len(users)}
+        return 200, {}, page
+
+
+def _errors(message: str, long_message: str | None, code: str) -> dict[str, Any]:
+    error: dict[str, Any] = {"message": message, "code": code}
+    if long_message:
+        error["long_message"] = long_message
+    return {"errors": [error], "clerk_trace_id": "trace_standin"}
+
+
+def _handler(standin: StandIn) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def _serve(self, method: str) -> None:
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            status, extra, body = standin.answer(method, self.path, headers)
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in extra.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up mid-answer (a cancelled run) is not the stand-in's fault
+
+
+@contextmanager
+def running(standin: StandIn) -> Iterator[StandIn]:
+    """Serve the stand-in on 127.0.0.1 (a free port) for the duration of the block."""
+    server = _Server(("127.0.0.1", 0), _handler(standin))
+    standin.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield standin
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

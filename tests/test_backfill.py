@@ -1,0 +1,486 @@
+"""`clerk-sync backfill` against the Backend API stand-in, on real PostgreSQL.
+
+The stand-in speaks Clerk's wire format over HTTP (tests/clerk_standin.py); the writes go through
+public.clerk_sync_apply like webhooks, so these tests check that the guarantees hold for the
+backfill too: a newer webhook wins, a deleted user stays deleted, a rerun changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from clerk_sync import backfill as backfilling
+from clerk_sync.backfill import BackfillOptions, BackfillResult, PlainReporter, PruneRefused
+from clerk_sync.clerk_api import ClerkAPIError, ClerkClient
+from tests import clerk_standin, support
+from tests.clerk_standin import StandIn, clerk_user, clerk_users
+
+CLEAN_BACKFILL_SQL = "truncate clerk_sync.backfill_runs, clerk_sync.backfill_seen"
+
+
+@pytest.fixture
+def bdb(db: str) -> str:
+    """The session's database, emptied, backfill bookkeeping included."""
+    support.execute(db, CLEAN_BACKFILL_SQL)
+    return db
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    with clerk_standin.running(StandIn()) as server:
+        yield server
+
+
+async def _fast_sleep(seconds: float) -> None:
+    await asyncio.sleep(min(seconds, 0.01))
+
+
+def run_backfill(
+    dsn: str,
+    standin: StandIn,
+    options: BackfillOptions | None = None,
+    *,
+    real_sleep: bool = False,
+    max_attempts: int = 6,
+    notes: io.StringIO | None = None,
+) -> BackfillResult:
+    async def go() -> BackfillResult:
+        conn = await asyncpg.connect(dsn)
+        clerk = ClerkClient(
+            standin.secret_key,
+            standin.url,
+            max_attempts=max_attempts,
+            sleep=asyncio.sleep if real_sleep else _fast_sleep,
+        )
+        try:
+            reporter = PlainReporter(notes if notes is not None else io.StringIO())
+            return await backfilling.backfill(clerk, conn, options or BackfillOptions(), reporter)
+        finally:
+            await clerk.close()
+            await conn.close()
+
+    result: BackfillResult = asyncio.run(go())
+    return result
+
+
+def apply_event(dsn: str, svix_id: str, event: dict[str, Any], mode: str = "soft") -> str:
+    rows = support.fetch(
+        dsn,
+        "select public.clerk_sync_apply($1, $2::jsonb, $3) as o",
+        svix_id,
+        json.dumps(event),
+        mode,
+    )
+    return str(rows[0]["o"])
+
+
+def scalar(dsn: str, query: str, *args: Any) -> Any:
+    return next(iter(support.fetch(dsn, query, *args)[0].values()))
+
+
+def user_row(dsn: str, user_id: str) -> dict[str, Any]:
+    return support.fetch(dsn, "select * from public.users where id = $1", user_id)[0]
+
+
+def test_10000_users_then_a_rerun_changes_nothing(bdb: str, standin: StandIn) -> None:
+    standin.users = clerk_users(10_000)
+    standin.rate_limit_requests = {3}  # Retry-After: 1, waited for for real
+    standin.error_requests = {6}  # one 500, retried after a back-off
+
+    started = time.monotonic()
+    result = run_backfill(bdb, standin, real_sleep=True)
+    seconds = time.monotonic() - started
+    print(f"\nbackfilled 10,000 users in {seconds:.2f} s")
+
+    t = result.tally
+    assert (t.created, t.updated, t.unchanged, t.stale, t.deleted, t.errors) == (
+        10_000,
+        0,
+        0,
+        0,
+        0,
+        0,
+    )
+    assert result.exit_status == backfilling.REPAIRED
+    assert result.retries == {"rate_limited": 1, "server_error": 1, "network_error": 0}
+    assert scalar(bdb, "select count(*) from public.users where deleted_at is null") == 10_000
+    row = user_row(bdb, "user_004242bf")
+    assert (row["email"], row["email_verified"], row["first_name"]) == (
+        "user4242@example.com",
+        True,
+        "First4242",
+    )
+    assert row["updated_at"].timestamp() * 1000 == clerk_standin.BASE_CREATED_AT + 4242 * 1000 + 500
+    assert "private_metadata" not in row
+    inbox = support.fetch(
+        bdb,
+        "select svix_id, event_type, outcome from clerk_sync.inbox where user_id = 'user_000007bf'",
+    )
+    assert inbox == [
+        {
+            "svix_id": f"backfill:user_000007bf:{clerk_standin.BASE_CREATED_AT + 7500}:0",
+            "event_type": "user.updated",
+            "outcome": "applied",
+        }
+    ]
+    runs = support.fetch(bdb, "select next_offset, outcome, counts from clerk_sync.backfill_runs")
+    assert [(r["next_offset"], r["outcome"]) for r in runs] == [(10_000, "completed")]
+    assert json.loads(runs[0]["counts"])["created"] == 10_000
+    assert scalar(bdb, "select count(*) from clerk_sync.backfill_seen") == 0  # forgotten when done
+
+    inbox_before = scalar(bdb, "select count(*) from clerk_sync.inbox")
+    again = run_backfill(bdb, standin)
+    assert again.tally.unchanged == 10_000
+    assert again.tally.drift == 0 and again.exit_status == backfilling.IN_SYNC
+    assert scalar(bdb, "select count(*) from clerk_sync.inbox") == inbox_before  # wrote nothing
+
+
+def test_an_interrupted_run_resumes_at_its_saved_offset(bdb: str, standin: StandIn) -> None:
+    standin.users = clerk_users(3000)
+    standin.broken_from_offset = 1500  # pages 0, 500 and 1000 succeed, then Clerk fails hard
+    with pytest.raises(ClerkAPIError, match="kept answering 500"):
+        run_backfill(bdb, standin, max_attempts=2)
+    assert scalar(bdb, "select count(*) from public.users") == 1500
+    assert scalar(bdb, "select next_offset from clerk_sync.backfill_runs") == 1500
+
+    # Meanwhile: a row that Clerk no longer has (to prune) and one Clerk changed on a page
+    # already read (the resumed run does not go back for it: the next run will).
+    apply_event(bdb, "msg_gone", support.user_event("user.created", "user_gone", 1_600_000_000_000))
+    standin.users[10] = clerk_user(10, updated_at=1_800_000_000_000, first_name="Changed")
+    standin.broken_from_offset = None
+    standin.log.clear()
+    result = run_backfill(bdb, standin, BackfillOptions(prune=True))
+
+    # The first pages were not read again (3000: the empty page that ends the listing).
+    assert standin.page_offsets() == [1500, 2000, 2500, 3000]
+    assert result.resumed_from == 1500
+    assert result.tally.created == 3000  # counted across both processes
+    assert result.tally.deleted == 1  # the ids listed before the interruption were remembered
+    assert scalar(bdb, "select count(*) from public.users where deleted_at is null") == 3000
+    assert user_row(bdb, "user_gone")["deleted_at"] is not None
+    assert user_row(bdb, "user_000010bf")["first_name"] == "First10"
+
+    # --restart would begin anew; a finished run is never resumed.
+    standin.log.clear()
+    assert run_backfill(bdb, standin).tally.updated == 1
+    assert standin.page_offsets() == [0, 500, 1000, 1500, 2000, 2500, 3000]
+
+
+def test_a_cancelled_run_keeps_only_whole_pages(bdb: str, standin: StandIn) -> None:
+    standin.users = clerk_users(2500)
+
+    class CancelAfter(PlainReporter):
+        def page(self, done: int, tally: backfilling.Tally) -> None:
+            if done >= 1000:
+                raise KeyboardInterrupt  # as Ctrl-C would, in the middle of the run
+
+    async def go() -> None:
+        conn = await asyncpg.connect(bdb)
+        try:
+            async with ClerkClient(standin.secret_key, standin.url) as clerk:
+                await backfilling.backfill(
+                    clerk, conn, BackfillOptions(), CancelAfter(io.StringIO())
+                )
+        finally:
+            await conn.close()
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(go())
+    assert scalar(bdb, "select next_offset from clerk_sync.backfill_runs") == 1000
+
+    standin.log.clear()
+    result = run_backfill(bdb, standin)
+    assert standin.page_offsets()[0] == 1000
+    assert (result.tally.created, result.tally.unchanged) == (2500, 0)
+    assert scalar(bdb, "select count(*) from public.users") == 2500
+
+    # --restart begins anew: everything is read again, and is unchanged.
+    standin.log.clear()
+    support.execute(bdb, "update clerk_sync.backfill_runs set finished_at = null, outcome = null")
+    result = run_backfill(bdb, standin, BackfillOptions(restart=True))
+    assert standin.page_offsets()[0] == 0 and result.tally.unchanged == 2500
+    outcomes = [
+        r["outcome"]
+        for r in support.fetch(bdb, "select outcome from clerk_sync.backfill_runs order by id")
+    ]
+    assert outcomes == ["abandoned", "completed"]
+
+
+def test_a_newer_webhook_wins_over_the_backfill(
+    bdb: str, standin: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    standin.users = clerk_users(600)
+    user_a, user_b = standin.users[5], standin.users[550]
+    newer = user_a["updated_at"] + 60_000
+
+    # A webhook lands before the backfill reads the page ...
+    def webhook_first(offset: int) -> None:
+        if offset == 0:
+            event = support.user_event(
+                "user.updated", user_a["id"], newer, first_name="FromWebhook"
+            )
+            assert apply_event(bdb, "msg_a", event) == "applied"
+
+    standin.before_page = webhook_first
+
+    # ... and another between the backfill's look at the database and its write.
+    classify = backfilling._classify
+
+    async def classify_then_webhook(conn: Any, listed: Any) -> dict[str, str]:
+        statuses = await classify(conn, listed)
+        if user_b["id"] in listed:
+            event = support.user_event(
+                "user.updated", user_b["id"], user_b["updated_at"] + 1, first_name="Racer"
+            )
+            other = await asyncpg.connect(bdb)
+            try:
+                await other.fetchval(
+                    "select public.clerk_sync_apply('msg_b', $1::jsonb, 'soft')", json.dumps(event)
+                )
+            finally:
+                await other.close()
+        return statuses
+
+    monkeypatch.setattr(backfilling, "_classify", classify_then_webhook)
+    result = run_backfill(bdb, standin)
+
+    assert (result.tally.created, result.tally.stale) == (598, 2)
+    assert user_row(bdb, user_a["id"])["first_name"] == "FromWebhook"
+    assert user_row(bdb, user_b["id"])["first_name"] == "Racer"
+    assert set(result.samples["stale"]) == {user_a["id"], user_b["id"]}
+
+
+def test_a_deleted_user_is_not_revived(bdb: str, standin: StandIn) -> None:
+    standin.users = clerk_users(20)
+    soft, hard = standin.users[3]["id"], standin.users[4]["id"]
+    apply_event(bdb, "msg_soft", support.user_event("user.created", soft, 1))
+    apply_event(bdb, "msg_del_soft", support.deleted_event(soft))
+    apply_event(bdb, "msg_del_hard", support.deleted_event(hard), mode="hard")
+
+    result = run_backfill(bdb, standin)
+    assert (result.tally.created, result.tally.stale) == (18, 2)
+    assert user_row(bdb, soft)["deleted_at"] is not None
+    assert support.fetch(bdb, "select 1 from public.users where id = $1", hard) == []
+    assert scalar(bdb, "select count(*) from clerk_sync.tombstones") == 2
+
+
+def test_a_sign_in_newer_than_the_row_is_copied(bdb: str, standin: StandIn) -> None:
+    standin.users = clerk_users(3)
+    run_backfill(bdb, standin)
+    standin.users[1]["last_sign_in_at"] = 1_750_000_000_000  # updated_at unchanged
+    result = run_backfill(bdb, standin)
+    assert (result.tally.updated, result.tally.unchanged) == (1, 2)
+    assert user_row(bdb, standin.users[1]["id"])["last_sign_in_at"].timestamp() == 1_750_000_000
+
+
+def test_a_user_that_cannot_be_written_is_counted_and_the_rest_go_on(
+    bdb: str, standin: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    standin.users = clerk_users(700)
+    del standin.users[3]["updated_at"]  # the webhook path would turn it away too
+    notes = io.StringIO()
+    result = run_backfill(bdb, standin, notes=notes)
+    assert (result.tally.created, result.tally.errors) == (699, 1)
+    assert result.exit_status == backfilling.FAILED
+    assert (
+        "cannot write user 'user_000003bf' (offset 0): user.updated event without a millisecond updated_at"
+        in notes.getvalue()
+    )
+
+    # When the page's one statement fails, each user is written on its own instead.
+    support.execute(bdb, support.CLEAN_SQL + ";" + CLEAN_BACKFILL_SQL)
+    standin.users = clerk_users(700)
+    monkeypatch.setattr(
+        backfilling,
+        "APPLY_PAGE_SQL",
+        "select 1 / 0 from unnest($1::text[], $2::jsonb[], array[$3::text])",
+    )
+    result = run_backfill(bdb, standin)
+    assert (result.tally.created, result.tally.errors) == (700, 0)
+    assert scalar(bdb, "select count(*) from public.users") == 700
+
+
+def test_dry_run_writes_nothing(bdb: str, standin: StandIn) -> None:
+    standin.users = clerk_users(1200)
+    run_backfill(bdb, standin, BackfillOptions(max_prune_ratio=1.0))
+    support.execute(bdb, CLEAN_BACKFILL_SQL)
+    # Drift: one user changed in Clerk, one missing from the table, one gone from Clerk.
+    standin.users[7] = clerk_user(7, updated_at=1_800_000_000_000, first_name="Renamed")
+    support.execute(bdb, f"delete from public.users where id = '{standin.users[900]['id']}'")
+    apply_event(bdb, "msg_gone", support.user_event("user.created", "user_gone", 1_600_000_000_000))
+
+    def snapshot() -> tuple[Any, ...]:
+        return (
+            support.fetch(bdb, "select * from public.users order by id"),
+            scalar(bdb, "select count(*) from clerk_sync.inbox"),
+            scalar(bdb, "select count(*) from clerk_sync.tombstones"),
+            scalar(bdb, "select count(*) from clerk_sync.backfill_runs"),
+        )
+
+    before = snapshot()
+    result = run_backfill(bdb, standin, BackfillOptions(dry_run=True, prune=True))
+    assert snapshot() == before
+    t = result.tally
+    assert (t.created, t.updated, t.unchanged, t.deleted) == (1, 1, 1198, 1)
+    assert result.exit_status == backfilling.DRIFT_FOUND
+    assert result.summary().startswith(
+        "dry run, nothing written: 1200 users listed; would have created 1"
+    )
+    assert result.samples == {
+        "updated": [standin.users[7]["id"]],
+        "created": [standin.users[900]["id"]],
+        "deleted": ["user_gone"],
+    }
+
+
+def test_prune_and_its_guard(bdb: str, standin: StandIn) -> None:
+    standin.users = clerk_users(40)
+    run_backfill(bdb, standin)
+    # Four users deleted in Clerk while the webhook endpoint was down: 10% is allowed, 4 > 4.0 not.
+    gone = [u["id"] for u in standin.users[10:15]]
+    standin.users = [u for u in standin.users if u["id"] not in gone]
+    # A user who signed up while the run was going is not in its listing, and must stay.
+    now_ms = int(time.time() * 1000)
+    apply_event(
+        bdb, "msg_new", support.user_event("user.created", "user_new", now_ms, created_at=now_ms)
+    )
+    # A user the listing missed (pages moved under it) but Clerk still has: looked up, kept.
+    standin.unlisted = {standin.users[20]["id"]}
+
+    with pytest.raises(
+        PruneRefused, match=r"--prune refused: 6 of 41 users \(14\.6%\) are not in Clerk"
+    ) as refused:
+        run_backfill(bdb, standin, BackfillOptions(prune=True))
+    assert refused.value.result.tally.unchanged == 34
+    assert scalar(bdb, "select count(*) from public.users where deleted_at is null") == 41
+    assert (
+        scalar(bdb, "select outcome from clerk_sync.backfill_runs order by id desc limit 1")
+        == "prune_refused"
+    )
+
+    notes = io.StringIO()
+    result = run_backfill(bdb, standin, BackfillOptions(prune=True, force=True), notes=notes)
+    assert result.tally.deleted == 5 and result.exit_status == backfilling.REPAIRED
+    assert "1 users missing from the listing are still in Clerk" in notes.getvalue()
+    deleted = support.fetch(
+        bdb, "select id from public.users where deleted_at is not null order by id"
+    )
+    assert [r["id"] for r in deleted] == gone
+    assert (
+        scalar(bdb, "select count(*) from clerk_sync.inbox where svix_id like 'backfill-prune:%'")
+        == 5
+    )
+
+    # Under the ratio, no --force is needed; a rerun finds nothing more to prune.
+    standin.unlisted = set()
+    apply_event(bdb, "msg_old", support.user_event("user.created", "user_old", 1_600_000_000_000))
+    result = run_backfill(bdb, standin, BackfillOptions(prune=True))
+    assert result.tally.deleted == 1 and user_row(bdb, "user_old")["deleted_at"] is not None
+    assert user_row(bdb, "user_new")["deleted_at"] is None
+    assert (
+        run_backfill(bdb, standin, BackfillOptions(prune=True)).exit_status == backfilling.IN_SYNC
+    )
+
+
+# --- the command, as a scheduler runs it ------------------------------------------------------
+
+
+def cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CLERK_", "DATABASE_URL"))}
+    return subprocess.run(
+        [sys.executable, "-m", "clerk_sync", "backfill", *args],
+        env={**full_env, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_command_end_to_end(bdb: str, standin: StandIn, tmp_path: Path) -> None:
+    standin.users = clerk_users(1200)
+    env = {
+        "CLERK_SECRET_KEY": standin.secret_key,
+        "CLERK_API_URL": standin.url,
+        "DATABASE_URL": bdb,
+    }
+
+    first = cli([], env, tmp_path)
+    assert first.returncode == 3, first.stderr
+    assert first.stdout.strip().endswith(
+        "created 1200, updated 0, unchanged 0, stale 0, deleted 0, errors 0 (drift repaired)"
+    )
+    assert "clerk-sync: backfill: 1200/1200 users" in first.stderr  # plain lines: not a terminal
+    assert scalar(bdb, "select count(*) from public.users") == 1200
+
+    again = cli(["--prune"], env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().endswith("(in sync)")
+
+    standin.users[0] = clerk_user(0, updated_at=1_800_000_000_000)
+    dry = cli(["--dry-run"], env, tmp_path)
+    assert dry.returncode == 4, dry.stderr
+    assert "would have created 0, updated 1" in dry.stdout
+    assert f"clerk-sync: updated (first 1): {standin.users[0]['id']}" in dry.stderr
+
+
+def test_the_command_fails_fast_on_a_wrong_key(bdb: str, standin: StandIn, tmp_path: Path) -> None:
+    env = {
+        "CLERK_SECRET_KEY": "sk_test_wrong_key_123",
+        "CLERK_API_URL": standin.url,
+        "DATABASE_URL": bdb,
+    }
+    started = time.monotonic()
+    result = cli([], env, tmp_path)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "clerk-sync: CLERK_SECRET_KEY was rejected (401): check it is the secret key of the same "
+        "Clerk instance (Clerk said: Unable to authenticate the request, you need to supply an "
+        "active API key)"
+    ]
+    assert len(standin.log) == 1  # no retries
+
+
+def test_the_command_needs_a_secret_key(tmp_path: Path, database_url: str) -> None:
+    missing = cli([], {"DATABASE_URL": database_url}, tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("clerk-sync: CLERK_SECRET_KEY: not set")
+    assert len(missing.stderr.splitlines()) == 1
+
+    wrong = cli(
+        [], {"DATABASE_URL": database_url, "CLERK_SECRET_KEY": "pk_test_c2VjcmV0"}, tmp_path
+    )
+    assert wrong.returncode == 2
+    assert wrong.stderr.startswith(
+        "clerk-sync: CLERK_SECRET_KEY: a Clerk secret key starts with 'sk_'"
+    )
+    assert "c2VjcmV0" not in wrong.stderr
+
+
+def test_the_command_reports_a_refused_prune(bdb: str, standin: StandIn, tmp_path: Path) -> None:
+    apply_event(
+        bdb, "msg_x", support.user_event("user.created", "user_elsewhere", 1_600_000_000_000)
+    )
+    standin.users = clerk_users(3)  # none of them is in the table: another instance's key?
+    env = {
+        "CLERK_SECRET_KEY": standin.secret_key,
+        "CLERK_API_URL": standin.url,
+        "DATABASE_URL": bdb,
+    }
+    result = cli(["--prune"], env, tmp_path)
+    assert result.returncode == 2
+    assert "--prune refused: 1 of 4 users (25.0%)" in result.stderr.splitlines()[-1]
+    assert user_row(bdb, "user_elsewhere")["deleted_at"] is None
