@@ -16,15 +16,28 @@ import asyncpg
 from clerk_sync.events import ClerkEvent, Outcome
 from clerk_sync.migrations import current_version, latest_version
 from clerk_sync.storage.base import EventRejected, StoreUnavailable
+from clerk_sync.storage.group_commit import GroupCommitter
 
 log = logging.getLogger("clerk_sync.storage")
 
 APPLY_SQL = "select public.clerk_sync_apply($1, $2::jsonb, $3)"
+# Several events in one statement, so one transaction: applied in the order given.
+APPLY_BATCH_SQL = """
+select public.clerk_sync_apply(x.id, x.body::jsonb, $3)
+from unnest($1::text[], $2::text[]) with ordinality as x(id, body, n)
+order by x.n
+"""
 RECORD_INVALID_SQL = "select public.clerk_sync_record_invalid($1, $2, $3)"
 
 # Supabase's transaction poolers (Supavisor, PgBouncer) listen on 6543 and cannot keep prepared
 # statements between transactions.
 TRANSACTION_POOLER_PORT = 6543
+
+# Group commit: at most this many write transactions at once; deliveries that arrive meanwhile
+# share the next one (up to MAX_BATCH). PostgreSQL does the work: more in flight than it has
+# cores only adds contention.
+MAX_WRITES_IN_FLIGHT = 2
+MAX_BATCH = 100
 
 
 def uses_transaction_pooler(dsn: str) -> bool:
@@ -71,6 +84,9 @@ class PostgresStore:
         self._pool = pool
         self._delete_mode = delete_mode
         self._timeout = timeout
+        self._writer: GroupCommitter[tuple[str, ClerkEvent], Outcome] = GroupCommitter(
+            self._apply_batch, max_in_flight=MAX_WRITES_IN_FLIGHT, max_batch=MAX_BATCH
+        )
 
     @classmethod
     async def open(
@@ -95,24 +111,63 @@ class PostgresStore:
         )
         return cls(pool, delete_mode=delete_mode, timeout=timeout)
 
-    async def _fetchval(self, query: str, *args: object) -> object:
+    async def _fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        """Run one statement (one transaction), mapping failures to the Store's exceptions."""
         try:
-            async with asyncio.timeout(self._timeout * 2 + 1):
-                async with self._pool.acquire(timeout=self._timeout) as conn:
-                    return await conn.fetchval(query, *args, timeout=self._timeout)
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                return list(await conn.fetch(query, *args, timeout=self._timeout))
         except asyncpg.DataError as exc:
             raise EventRejected(str(exc)) from None
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
             raise StoreUnavailable("the database did not answer in time") from exc
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
             raise StoreUnavailable(f"database error: {type(exc).__name__}: {exc}") from exc
 
     async def apply(self, message_id: str, event: ClerkEvent) -> Outcome:
-        result = await self._fetchval(APPLY_SQL, message_id, event.body, self._delete_mode)
-        return Outcome(str(result))
+        try:
+            # Waiting for a batch slot counts against the same deadline as the write itself.
+            async with asyncio.timeout(self._timeout * 2 + 1):
+                return await self._writer.submit((message_id, event))
+        except TimeoutError as exc:
+            raise StoreUnavailable("the database did not answer in time") from exc
+
+    async def _apply_batch(self, batch: list[tuple[str, ClerkEvent]]) -> list[Outcome | Exception]:
+        if len(batch) > 1:
+            # Every batch takes its users' locks in the same order, so two cannot deadlock.
+            order = sorted(range(len(batch)), key=lambda i: batch[i][1].user_id or batch[i][0])
+            ids = [batch[i][0] for i in order]
+            bodies = [batch[i][1].body for i in order]
+            try:
+                rows = await self._fetch(APPLY_BATCH_SQL, ids, bodies, self._delete_mode)
+            except StoreUnavailable as exc:
+                return [exc] * len(batch)
+            except (EventRejected, asyncpg.PostgresError):
+                pass  # one event spoiled the batch: nothing was written; apply each on its own
+            else:
+                outcomes: list[Outcome | Exception] = [Outcome.APPLIED] * len(batch)
+                for position, row in zip(order, rows, strict=True):
+                    outcomes[position] = Outcome(row[0])
+                return outcomes
+        return [await self._apply_one(message_id, event) for message_id, event in batch]
+
+    async def _apply_one(self, message_id: str, event: ClerkEvent) -> Outcome | Exception:
+        try:
+            rows = await self._fetch(APPLY_SQL, message_id, event.body, self._delete_mode)
+        except (StoreUnavailable, EventRejected) as exc:
+            return exc
+        except asyncpg.PostgresError as exc:
+            # Anything else (a lost race on the inbox key, a deadlock): retrying will settle it.
+            return StoreUnavailable(f"database error: {type(exc).__name__}: {exc}")
+        return Outcome(rows[0][0])
 
     async def record_invalid(self, message_id: str, body: bytes, error: str) -> None:
-        await self._fetchval(RECORD_INVALID_SQL, message_id, body, error)
+        try:
+            async with asyncio.timeout(self._timeout * 2 + 1):
+                await self._fetch(RECORD_INVALID_SQL, message_id, body, error)
+        except TimeoutError as exc:
+            raise StoreUnavailable("the database did not answer in time") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreUnavailable(f"database error: {type(exc).__name__}: {exc}") from exc
 
     async def not_ready_reason(self) -> str | None:
         try:

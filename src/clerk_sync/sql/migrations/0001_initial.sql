@@ -43,6 +43,16 @@ create table if not exists clerk_sync.inbox (
     raw_body     bytea
 );
 
+-- lz4 compresses payloads several times faster than the default pglz (PostgreSQL 14+, when
+-- built with lz4, as Supabase's is); elsewhere the default stays.
+do $$
+begin
+    alter table clerk_sync.inbox alter column payload set compression lz4;
+exception when feature_not_supported or syntax_error or invalid_parameter_value then
+    null;
+end
+$$;
+
 create index if not exists inbox_received_at on clerk_sync.inbox (received_at);
 create index if not exists inbox_user_id on clerk_sync.inbox (user_id) where user_id is not null;
 
