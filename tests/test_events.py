@@ -22,7 +22,7 @@ from tests import support
 
 EXAMPLES_DIR = Path(clerk_sync.__file__).parent / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.json"))
-MAX_MS = 8_000_000_000_000_000
+MAX_MS = 253_402_300_799_999  # the end of year 9999
 
 
 def body_of(event: Any) -> bytes:
@@ -96,7 +96,7 @@ def test_user_events_without_an_id_key(event_type: str) -> None:
 
 @pytest.mark.parametrize(
     "updated_at",
-    [None, "1700000000000", 1_700_000_000_000.0, 1.5, True, False, [1], {}, MAX_MS, -MAX_MS],
+    [None, "1700000000000", 1_700_000_000_000.0, 1.5, True, False, [1], {}, MAX_MS + 1, -1],
 )
 def test_user_events_need_an_integer_updated_at(updated_at: Any) -> None:
     assert "updated_at" in not_an_event(body_of(user(updated_at)))
@@ -116,13 +116,13 @@ def test_huge_integer_updated_at_is_refused() -> None:
     assert "updated_at" in not_an_event(huge)
 
 
-@pytest.mark.parametrize("updated_at", [0, 1, MAX_MS - 1, -(MAX_MS - 1), 1_700_000_000_000])
+@pytest.mark.parametrize("updated_at", [0, 1, MAX_MS, 1_700_000_000_000])
 def test_integer_updated_at_within_range_parses(updated_at: int) -> None:
     assert parse_event(body_of(user(updated_at))).user_id == "user_abc"
 
 
 @pytest.mark.parametrize("field", ["created_at", "last_sign_in_at"])
-@pytest.mark.parametrize("value", ["1700000000000", 1.5, True, MAX_MS])
+@pytest.mark.parametrize("value", ["1700000000000", 1.5, True, MAX_MS + 1, -1])
 def test_malformed_optional_times_are_refused(field: str, value: Any) -> None:
     assert field in not_an_event(body_of(user(**{field: value})))
 

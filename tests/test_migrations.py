@@ -138,3 +138,22 @@ def test_write_functions_are_not_executable_by_public(db: str) -> None:
            where n.nspname = 'public' and p.proname like 'clerk_sync_%'""",
     )
     assert rows and not any(r["public_can"] for r in rows)
+
+
+def test_an_existing_users_table_of_another_shape_stops_the_migration(empty_db: str) -> None:
+    support.execute(empty_db, "create table public.users (id text primary key, email varchar(5))")
+
+    async def go() -> None:
+        conn = await asyncpg.connect(empty_db)
+        try:
+            await migrations.migrate(conn)
+        finally:
+            await conn.close()
+
+    with pytest.raises(asyncpg.RaiseError) as info:
+        support.run(go())
+    message = str(info.value)
+    assert "public.users already exists without the columns clerk-sync writes" in message
+    assert "email text" in message and "email_verified boolean" in message
+    # Nothing of the migration stays behind.
+    assert support.fetch(empty_db, "select to_regclass('clerk_sync.inbox') as t") == [{"t": None}]

@@ -47,8 +47,9 @@ CLERK_EVENT_TYPES = frozenset(
     }
 )  # fmt: skip
 
-# Millisecond timestamps beyond this are not times (year 275760 is PostgreSQL's limit).
-_MAX_MS = 8_000_000_000_000_000
+# Millisecond times Clerk can send: from the epoch to the end of year 9999 (past that, most
+# clients of the table could not read the value back).
+_MAX_MS = 253_402_300_799_999
 
 
 class Outcome(StrEnum):
@@ -74,7 +75,7 @@ class ClerkEvent:
 
 
 def _is_ms(value: Any) -> bool:
-    return type(value) is int and -_MAX_MS < value < _MAX_MS
+    return type(value) is int and 0 <= value <= _MAX_MS
 
 
 def _user_id(value: Any, event_type: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -79,12 +80,23 @@ async def _no_session_reset(conn: asyncpg.Connection) -> None:
     open transaction is still rolled back by the pool before this runs."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Write:
+    message_id: str
+    event: ClerkEvent
+    deadline: float  # event loop time by which the caller must have its answer
+
+    @property
+    def lock_key(self) -> str:
+        return self.event.user_id or self.message_id
+
+
 class PostgresStore:
     def __init__(self, pool: asyncpg.Pool, *, delete_mode: str, timeout: float) -> None:
         self._pool = pool
         self._delete_mode = delete_mode
         self._timeout = timeout
-        self._writer: GroupCommitter[tuple[str, ClerkEvent], Outcome] = GroupCommitter(
+        self._writer: GroupCommitter[_Write, Outcome] = GroupCommitter(
             self._apply_batch, max_in_flight=MAX_WRITES_IN_FLIGHT, max_batch=MAX_BATCH
         )
 
@@ -111,34 +123,54 @@ class PostgresStore:
         )
         return cls(pool, delete_mode=delete_mode, timeout=timeout)
 
-    async def _fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
-        """Run one statement (one transaction), mapping failures to the Store's exceptions."""
+    async def _fetch(self, deadline: float, query: str, *args: object) -> list[asyncpg.Record]:
+        """Run one statement (one transaction) by `deadline` (event loop time), mapping failures
+        to the Store's exceptions. asyncpg cancels the statement in the server when time runs
+        out, so a write that is answered 503 is rolled back, not committed later."""
+        loop = asyncio.get_running_loop()
         try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                return list(await conn.fetch(query, *args, timeout=self._timeout))
+            budget = deadline - loop.time()
+            if budget <= 0:
+                raise TimeoutError
+            async with self._pool.acquire(timeout=budget) as conn:
+                budget = deadline - loop.time()
+                if budget <= 0:
+                    raise TimeoutError
+                return list(await conn.fetch(query, *args, timeout=budget))
         except asyncpg.DataError as exc:
             raise EventRejected(str(exc)) from None
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
             raise StoreUnavailable("the database did not answer in time") from exc
-        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+        except (
+            OSError,
+            ValueError,
+            asyncpg.InterfaceError,
+            asyncpg.PostgresConnectionError,
+        ) as exc:
             raise StoreUnavailable(f"database error: {type(exc).__name__}: {exc}") from exc
 
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self._timeout
+
     async def apply(self, message_id: str, event: ClerkEvent) -> Outcome:
+        deadline = self._deadline()
         try:
-            # Waiting for a batch slot counts against the same deadline as the write itself.
-            async with asyncio.timeout(self._timeout * 2 + 1):
-                return await self._writer.submit((message_id, event))
+            # The batch's statement gives up at the deadline; the margin lets its 503 arrive
+            # first, and only guards against a stuck driver.
+            async with asyncio.timeout(self._timeout + 1):
+                return await self._writer.submit(_Write(message_id, event, deadline))
         except TimeoutError as exc:
             raise StoreUnavailable("the database did not answer in time") from exc
 
-    async def _apply_batch(self, batch: list[tuple[str, ClerkEvent]]) -> list[Outcome | Exception]:
+    async def _apply_batch(self, batch: list[_Write]) -> list[Outcome | Exception]:
         if len(batch) > 1:
             # Every batch takes its users' locks in the same order, so two cannot deadlock.
-            order = sorted(range(len(batch)), key=lambda i: batch[i][1].user_id or batch[i][0])
-            ids = [batch[i][0] for i in order]
-            bodies = [batch[i][1].body for i in order]
+            order = sorted(range(len(batch)), key=lambda i: batch[i].lock_key)
+            ids = [batch[i].message_id for i in order]
+            bodies = [batch[i].event.body for i in order]
+            deadline = min(write.deadline for write in batch)
             try:
-                rows = await self._fetch(APPLY_BATCH_SQL, ids, bodies, self._delete_mode)
+                rows = await self._fetch(deadline, APPLY_BATCH_SQL, ids, bodies, self._delete_mode)
             except StoreUnavailable as exc:
                 return [exc] * len(batch)
             except (EventRejected, asyncpg.PostgresError):
@@ -148,11 +180,13 @@ class PostgresStore:
                 for position, row in zip(order, rows, strict=True):
                     outcomes[position] = Outcome(row[0])
                 return outcomes
-        return [await self._apply_one(message_id, event) for message_id, event in batch]
+        return [await self._apply_one(write) for write in batch]
 
-    async def _apply_one(self, message_id: str, event: ClerkEvent) -> Outcome | Exception:
+    async def _apply_one(self, write: _Write) -> Outcome | Exception:
         try:
-            rows = await self._fetch(APPLY_SQL, message_id, event.body, self._delete_mode)
+            rows = await self._fetch(
+                write.deadline, APPLY_SQL, write.message_id, write.event.body, self._delete_mode
+            )
         except (StoreUnavailable, EventRejected) as exc:
             return exc
         except asyncpg.PostgresError as exc:
@@ -162,19 +196,22 @@ class PostgresStore:
 
     async def record_invalid(self, message_id: str, body: bytes, error: str) -> None:
         try:
-            async with asyncio.timeout(self._timeout * 2 + 1):
-                await self._fetch(RECORD_INVALID_SQL, message_id, body, error)
-        except TimeoutError as exc:
-            raise StoreUnavailable("the database did not answer in time") from exc
+            await self._fetch(self._deadline(), RECORD_INVALID_SQL, message_id, body, error)
         except asyncpg.PostgresError as exc:
             raise StoreUnavailable(f"database error: {type(exc).__name__}: {exc}") from exc
 
     async def not_ready_reason(self) -> str | None:
         try:
-            async with asyncio.timeout(self._timeout * 2 + 1):
+            async with asyncio.timeout(self._timeout):
                 async with self._pool.acquire(timeout=self._timeout) as conn:
                     version = await current_version(conn)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            TimeoutError,
+            OSError,
+            ValueError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+        ) as exc:
             return f"database unreachable: {type(exc).__name__}"
         if version < latest_version():
             return (

@@ -28,6 +28,34 @@ create table if not exists public.users (
     deleted_at       timestamptz
 );
 
+-- A public.users table of the app's own (an older handler's, say) is kept by the statement
+-- above; stop here, with what is missing, rather than fail on every delivery later.
+do $$
+declare
+    v_missing text;
+begin
+    select string_agg(format('%s %s', c.name, c.type), ', ') into v_missing
+    from (values
+        ('id', 'text'), ('email', 'text'), ('email_verified', 'boolean'), ('phone', 'text'),
+        ('username', 'text'), ('first_name', 'text'), ('last_name', 'text'),
+        ('image_url', 'text'), ('external_id', 'text'), ('public_metadata', 'jsonb'),
+        ('unsafe_metadata', 'jsonb'), ('banned', 'boolean'),
+        ('created_at', 'timestamp with time zone'), ('updated_at', 'timestamp with time zone'),
+        ('last_sign_in_at', 'timestamp with time zone'), ('deleted_at', 'timestamp with time zone')
+    ) as c(name, type)
+    where not exists (
+        select 1 from information_schema.columns i
+        where i.table_schema = 'public' and i.table_name = 'users'
+          and i.column_name = c.name and i.data_type = c.type
+    );
+    if v_missing is not null then
+        raise exception 'public.users already exists without the columns clerk-sync writes: %', v_missing
+            using hint = 'Rename the existing table (alter table public.users rename to users_old) '
+                         'and run the migration again, then copy what you need across.';
+    end if;
+end
+$$;
+
 comment on table public.users is
     'One row per Clerk user, kept current by clerk-sync from Clerk''s webhooks. Written only by clerk-sync.';
 
