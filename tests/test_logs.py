@@ -1,0 +1,71 @@
+"""Logs: one line per delivery, JSON when not a terminal, and never a secret or an email."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from clerk_sync import logs
+
+
+def capture(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    return formatter.format(record)
+
+
+def delivery_record(**fields: object) -> logging.LogRecord:
+    record = logging.LogRecord(
+        "clerk_sync.webhook", logging.INFO, __file__, 1, "delivery", None, None
+    )
+    record.delivery = fields  # type: ignore[attr-defined]
+    return record
+
+
+def test_masking() -> None:
+    text = "key whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw and sk_live_abcdefghijkl and ada@example.com"
+    masked = logs.mask(text)
+    assert "MfKQ9r8GKYqr" not in masked and "whsec_Mf…" in masked
+    assert "abcdefghijkl" not in masked and "sk_live_…" in masked
+    assert "ada@example.com" not in masked and "<email>" in masked
+
+
+def test_a_delivery_is_one_json_line() -> None:
+    line = capture(
+        logs.JsonFormatter(),
+        delivery_record(svix_id="msg_1", type="user.created", user_id="user_1", outcome="applied",
+                        status=200, duration_ms=3.2, error=None),
+    )  # fmt: skip
+    assert "\n" not in line
+    parsed = json.loads(line)
+    assert parsed["message"] == "delivery"
+    assert {k: parsed[k] for k in ("svix_id", "type", "user_id", "outcome", "status")} == {
+        "svix_id": "msg_1", "type": "user.created", "user_id": "user_1", "outcome": "applied",
+        "status": 200,
+    }  # fmt: skip
+    assert "error" not in parsed
+
+
+def test_an_error_carrying_user_data_is_masked() -> None:
+    record = delivery_record(svix_id="msg_2", outcome="invalid", status=400,
+                             error='invalid input: "bob@corp.io" whsec_abcdefghijklmnop')  # fmt: skip
+    for formatter in (logs.JsonFormatter(), logs.TextFormatter()):
+        line = capture(formatter, record)
+        assert "bob@corp.io" not in line and "abcdefghijklmnop" not in line
+
+
+def test_configure_routes_everything_through_the_masking_formatter() -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    stream = io.StringIO()
+    try:
+        logs.configure("info", json_lines=True)
+        handler = root.handlers[0]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(stream)
+        logging.getLogger("clerk_sync.test").info("connecting with sk_test_0123456789abcdef")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    out = stream.getvalue()
+    assert "0123456789abcdef" not in out
+    assert json.loads(out)["level"] == "info"
