@@ -1,137 +1,456 @@
-"""Throughput of `clerk-sync serve` under wrk: realistic signed Clerk deliveries, 32 connections.
+"""clerk-sync against the handlers its users would write, side by side, in one command.
 
-    .venv/bin/python bench/run.py [--duration 10] [--connections 32] [--database-url DSN]
+    python3 -m venv .venv && .venv/bin/pip install -e '.[test,bench]'
+    .venv/bin/python bench/run.py
 
-Starts its own server on a fresh database (on DATABASE_URL's server, default the local
-PostgreSQL at 127.0.0.1:5432), generates signed deliveries (new users, updates, duplicates and
-stale events, ~3 KB each, fresh timestamps), drives them with wrk, and prints deliveries per
-second and latency. Needs `wrk` (Debian: apt-get install wrk).
+Needs wrk (Debian: apt-get install wrk), Node.js >= 18 with npm (the Express reference's pinned
+packages are installed into bench/reference/express/node_modules on first use), and PostgreSQL:
+DATABASE_URL's server, default the local one at postgresql://postgres@127.0.0.1:5432/postgres.
+
+In one invocation, one after another against the same PostgreSQL, each on a fresh database of
+its own and with the same generated deliveries (~3 KB signed Clerk user.created/user.updated
+bodies, fresh timestamps: new users, updates, ~5% duplicate deliveries, ~5% stale updates):
+
+- clerk-sync            `python -m clerk_sync serve`
+- express               bench/reference/express: Express + svix + pg, one upsert per delivery
+- starlette             bench/reference/starlette_ref.py: Starlette + svix + asyncpg, one upsert
+                        (uvicorn, uvloop, httptools, 1 worker)
+- baseline              the same Starlette server answering 204 after reading the body
+
+each driven by `wrk -t1 -c32` for 10 s after a 2 s warm-up. Reports deliveries/s, p50/p99
+latency, non-2xx answers, CPU seconds per 1,000 deliveries of the server's process tree (and of
+its PostgreSQL backends), and clerk-sync / each other server. Then the cold start: spawn to
+first answered delivery (median of 5, database already migrated) and import times. Prints a
+markdown table and writes bench/results/latest.json and bench/results/latest.png. About two
+minutes on 2 cores.
+
+    .venv/bin/python bench/run.py --burst                      # also the 100,000-delivery burst
+    .venv/bin/python bench/run.py --no-throughput --no-cold-start --burst   # the burst alone
+    .venv/bin/python bench/run.py --targets clerk-sync,starlette --duration 30
+
+The burst sends 100,000 distinct user.created deliveries to clerk-sync as fast as wrk can,
+each once, and reports the time to drain them and the server's resident memory (peak, sampled
+every 0.2 s, and after 10k/50k/100k answers) into bench/results/burst.json. latest.json and
+latest.png are written only by a run that measured throughput.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import dataclasses
+import datetime as dt
+import http.client
 import os
-import random
+import platform
 import re
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import deliveries, load, report, servers  # noqa: E402
 from tests import support  # noqa: E402
 
-LUA = r"""
-local requests = {}
-local count = 0
-for line in io.lines(os.getenv("BENCH_REQUESTS")) do
-  local id, ts, sig, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
-  count = count + 1
-  requests[count] = wrk.format("POST", "/api/webhooks/clerk", {
-    ["Content-Type"] = "application/json",
-    ["svix-id"] = id, ["svix-timestamp"] = ts, ["svix-signature"] = sig,
-  }, body)
-end
-local i = 0
-request = function()
-  i = i + 1
-  if i > count then i = 1 end
-  return requests[i]
-end
-local statuses = {}
-response = function(status, headers, body)
-  statuses[status] = (statuses[status] or 0) + 1
-end
-done = function(summary, latency, requests)
-  io.write(string.format("BENCH p50_ms=%.3f p99_ms=%.3f requests=%d seconds=%.3f errors=%d\n",
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.requests,
-    summary.duration / 1e6, summary.errors.status + summary.errors.connect + summary.errors.timeout))
-end
-"""
+RESULTS = ROOT / "bench" / "results"
+MB = 1024 * 1024
 
 
-def make_deliveries(key: bytes, count: int) -> list[str]:
-    """A stream like a live app's: mostly new users and their updates, some duplicates and
-    some stale (older) updates, padded to ~3 KB like a real Clerk user payload."""
-    lines: list[str] = []
-    now = int(time.time())
-    padding = {"bio": "x" * 1800, "plan": "pro"}
-    version: dict[str, int] = {}
-    sent: list[tuple[str, bytes]] = []
-    rng = random.Random(42)
-    for n in range(count):
-        roll = rng.random()
-        if roll < 0.05 and sent:
-            message_id, body = rng.choice(sent)  # a duplicate delivery
-        else:
-            if roll < 0.55 or not version:
-                user_id = f"user_bench{n:08d}"
-                version[user_id] = 1_700_000_000_000
-                event_type = "user.created"
-            else:
-                user_id = rng.choice(list(version))
-                event_type = "user.updated"
-                version[user_id] += 1000
-            updated_at = version[user_id] - (5000 if roll > 0.95 else 0)  # some stale
-            event = support.user_event(
-                event_type, user_id, updated_at, email=f"{user_id}@example.com",
-                public_metadata=padding,
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="clerk-sync against the hand-written reference handlers, side by side.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--targets", default=",".join(servers.TARGETS),
+                        help="servers to measure, in order")  # fmt: skip
+    parser.add_argument("--duration", type=int, default=10, help="seconds measured per server")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per server")
+    parser.add_argument("--connections", type=int, default=32, help="wrk -c")
+    parser.add_argument("--threads", type=int, default=1, help="wrk -t")
+    parser.add_argument("--deliveries", type=int, default=100_000,
+                        help="distinct deliveries in the stream (wrk repeats them past the end)")  # fmt: skip
+    parser.add_argument("--throughput", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--cold-start", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--cold-start-runs", type=int, default=5)
+    parser.add_argument("--burst", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--burst-deliveries", type=int, default=100_000)
+    parser.add_argument("--burst-target", default="clerk-sync", choices=list(servers.TARGETS))
+    parser.add_argument("--database-url",
+                        default=os.environ.get("DATABASE_URL", support.SHARED_SERVER_DSN),
+                        help="PostgreSQL server to create the fresh databases on")  # fmt: skip
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where to write results")
+    args = parser.parse_args()
+    unknown = set(args.targets.split(",")) - set(servers.TARGETS)
+    if unknown:
+        parser.error(f"unknown targets {sorted(unknown)}; choose from {list(servers.TARGETS)}")
+    return args
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def version_of(argv: list[str]) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        lines = (done.stdout or done.stderr).strip().splitlines()
+        return lines[0] if lines else ""
+    return "unavailable"
+
+
+def machine(args: argparse.Namespace) -> dict[str, Any]:
+    commit = version_of(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    status = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    dirty = bool(status.stdout.strip())
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "node": version_of(["node", "--version"]),
+        "wrk": version_of(["wrk", "-v"]).split(" [")[0],
+        "postgresql": servers.server_version(args.database_url),
+        "load_average_at_start": os.getloadavg(),
+        "git_commit": commit + (" (src/ modified)" if dirty else ""),
+    }
+
+
+# --- throughput -------------------------------------------------------------------------------
+
+
+def measure_throughput(
+    target: servers.Target,
+    args: argparse.Namespace,
+    scratch: Path,
+    databases: servers.Databases,
+    secret: str,
+    key: bytes,
+    stream: Path,
+    warmup_stream: Path,
+) -> dict[str, Any]:
+    dsn = databases.create() if target.uses_database else None
+    env = {"CLERK_WEBHOOK_SECRET": secret, **({"DATABASE_URL": dsn} if dsn else {})}
+    with servers.running(target, env, scratch) as server:
+        now = int(time.time())
+        warm, signed = scratch / "warmup.signed", scratch / "stream.signed"
+        deliveries.write_signed(warm, deliveries.read_unsigned(warmup_stream), key, now)
+        count = deliveries.write_signed(signed, deliveries.read_unsigned(stream), key, now)
+        if args.warmup:
+            load.timed(scratch, server.url, warm, args.threads, args.connections, args.warmup)
+        backends = servers.backend_pids(args.database_url, dsn) if dsn else set()
+        db_before = servers.cpu_seconds(backends)
+        cpu_before = server.cpu_seconds()
+        load_average = os.getloadavg()[0]
+        result = load.timed(
+            scratch, server.url, signed, args.threads, args.connections, args.duration
+        )
+        cpu_after = server.cpu_seconds()
+        db_cpu: float | None = None
+        if dsn:
+            backends |= servers.backend_pids(args.database_url, dsn)
+            db_after = servers.cpu_seconds(backends)
+            db_cpu = sum(spent - db_before.get(pid, 0.0) for pid, spent in db_after.items())
+        if result.non2xx or result.socket_errors:
+            log(f"{target.name}: {result.non2xx} non-2xx answers, {result.socket_errors} socket "
+                f"errors; the server's log ends:\n{server.log_tail()}")  # fmt: skip
+    per_1k = 1000 / max(result.requests, 1)
+    row = {
+        "description": target.description,
+        "deliveries_per_s": round(result.rate, 1),
+        "p50_ms": result.p50_ms,
+        "p90_ms": result.p90_ms,
+        "p99_ms": result.p99_ms,
+        "max_ms": result.max_ms,
+        "requests": result.requests,
+        "seconds": round(result.seconds, 3),
+        "non2xx": result.non2xx,
+        "socket_errors": result.socket_errors,
+        "server_cpu_s_per_1k": round((cpu_after - cpu_before) * per_1k, 4),
+        "db_cpu_s_per_1k": round(db_cpu * per_1k, 4) if db_cpu is not None else None,
+        "users_stored": servers.users_stored(dsn) if dsn else None,
+        "stream_repeated": result.requests > count,
+        "load_average_1m_before": round(load_average, 2),
+    }
+    log(f"{target.name}: {row['deliveries_per_s']:,.0f}/s, p50 {row['p50_ms']:.1f} ms, "
+        f"p99 {row['p99_ms']:.1f} ms, non-2xx {row['non2xx']}, "
+        f"CPU {row['server_cpu_s_per_1k']:.3f} s/1k")  # fmt: skip
+    return row
+
+
+def throughput(
+    args: argparse.Namespace,
+    scratch: Path,
+    databases: servers.Databases,
+    secret: str,
+    key: bytes,
+) -> tuple[dict[str, dict[str, Any]], int]:
+    stream, warmup_stream = scratch / "stream.tsv", scratch / "warmup.tsv"
+    log(f"generating {args.deliveries:,} deliveries (and 10,000 for the warm-up)")
+    body_bytes = deliveries.write_unsigned(stream, deliveries.mixed(args.deliveries))
+    deliveries.write_unsigned(warmup_stream, deliveries.mixed(10_000, prefix="warm", seed=1))
+    rows: dict[str, dict[str, Any]] = {}
+    for name in args.targets.split(","):
+        target = servers.TARGETS[name]
+        if name == "express":
+            servers.install_express()
+        log(f"{name}: {target.description}")
+        rows[name] = measure_throughput(
+            target, args, scratch, databases, secret, key, stream, warmup_stream
+        )
+    return rows, round(body_bytes / args.deliveries)
+
+
+# --- cold start -------------------------------------------------------------------------------
+
+
+def first_answer(
+    target: servers.Target, env: dict[str, str], scratch: Path, key: bytes, attempt: int
+) -> float:
+    """Seconds from spawning the server to its 2xx answer to a signed delivery."""
+    message_id, body = next(deliveries.created(1, prefix=f"cold{attempt}", seed=attempt))
+    headers = support.signed_headers(key, body, message_id, int(time.time()))
+    started = time.perf_counter()
+    server = servers.Server(target, env, scratch, log_name=f"cold-{target.name}.log")
+    try:
+        while time.perf_counter() - started < 60:
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"{target.name} exited:\n{server.log_tail()}")
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            try:
+                conn.request("POST", load.WEBHOOK_PATH, body, headers)
+                status = conn.getresponse().status
+            except ConnectionRefusedError:
+                time.sleep(0.002)
+                continue
+            finally:
+                conn.close()
+            if 200 <= status < 300:
+                return time.perf_counter() - started
+            raise RuntimeError(f"{target.name} answered {status}:\n{server.log_tail()}")
+        raise TimeoutError(f"{target.name} did not answer within 60 s:\n{server.log_tail()}")
+    finally:
+        server.stop()
+
+
+def import_times(runs: int) -> dict[str, Any]:
+    def wall(code: str) -> dict[str, Any]:
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT / "bench")
+            times.append((time.perf_counter() - started) * 1000)
+        return {"median_ms": round(statistics.median(times), 1), "runs_ms": times}
+
+    out = {
+        "interpreter": wall("pass"),
+        "clerk_sync.app": wall("import clerk_sync.app"),
+        "clerk_sync.cli": wall("import clerk_sync.cli"),
+    }
+    # Where `python -m clerk_sync serve`'s import time goes: self time summed per package.
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import clerk_sync.cli, clerk_sync.app"],
+        capture_output=True, text=True, check=True, cwd=ROOT / "bench",
+    )  # fmt: skip
+    per_package: dict[str, float] = {}
+    for line in done.stderr.splitlines():
+        match = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s+(\S+)$", line)
+        if match:
+            package = match[2].split(".")[0]
+            per_package[package] = per_package.get(package, 0.0) + int(match[1]) / 1000
+    heaviest = sorted(per_package.items(), key=lambda item: -item[1])[:12]
+    out["import_self_ms_by_package"] = {name: round(ms, 1) for name, ms in heaviest}
+    return out
+
+
+def cold_start(
+    args: argparse.Namespace, scratch: Path, databases: servers.Databases, secret: str, key: bytes
+) -> dict[str, Any]:
+    results: dict[str, Any] = {"servers": {}}
+    for name in [n for n in args.targets.split(",") if n != "baseline"]:
+        target = servers.TARGETS[name]
+        if name == "clerk-sync":
+            # Database migrated beforehand, as a serverless deployment runs it.
+            dsn = databases.create(migrate=True)
+            target = dataclasses.replace(
+                target,
+                argv=lambda port: [sys.executable, "-m", "clerk_sync", "serve", "--no-migrate",
+                                   "--log-level", "warning"],
             )  # fmt: skip
-            body = json.dumps(event, separators=(",", ":")).encode()
-            message_id = f"msg_bench{n:010d}"
-            sent.append((message_id, body))
-        headers = support.signed_headers(key, body, message_id, now)
-        lines.append(f"{message_id}\t{now}\t{headers['svix-signature']}\t{body.decode()}")
-    return lines
+        else:
+            dsn = databases.create()
+            if name == "express":
+                servers.install_express()
+        env = {"CLERK_WEBHOOK_SECRET": secret, "DATABASE_URL": dsn}
+        runs = [
+            first_answer(target, env, scratch, key, attempt) * 1000
+            for attempt in range(args.cold_start_runs)
+        ]
+        results["servers"][name] = {
+            "median_ms": round(statistics.median(runs), 1),
+            "runs_ms": [round(ms, 1) for ms in runs],
+        }
+        log(f"cold start {name}: median {statistics.median(runs):.0f} ms")
+    results["imports"] = import_times(args.cold_start_runs)
+    return results
+
+
+# --- burst ------------------------------------------------------------------------------------
+
+
+def burst(
+    args: argparse.Namespace, scratch: Path, databases: servers.Databases, secret: str, key: bytes
+) -> dict[str, Any]:
+    target = servers.TARGETS[args.burst_target]
+    if target.name == "express":
+        servers.install_express()
+    dsn = databases.create() if target.uses_database else None
+    env = {"CLERK_WEBHOOK_SECRET": secret, **({"DATABASE_URL": dsn} if dsn else {})}
+    signed = scratch / "burst.signed"
+    with servers.running(target, env, scratch) as server:
+        log(f"burst: signing {args.burst_deliveries:,} user.created deliveries")
+        count = deliveries.write_signed(
+            signed, deliveries.created(args.burst_deliveries), key, int(time.time())
+        )
+        rss_idle = server.rss_bytes()
+        samples: list[tuple[float, int]] = []
+        at_answers: dict[str, float] = {}
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.wait(0.2):
+                samples.append((time.monotonic(), server.rss_bytes()))
+
+        def progress(event: str, now: float) -> None:
+            answered = int(event.split("=")[1]) if event.startswith("answered=") else 0
+            if answered and answered % 10_000 == 0:
+                at_answers[str(answered)] = round(server.rss_bytes() / MB, 1)
+                log(f"burst: {answered:,} answered")
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        cpu_before = server.cpu_seconds()
+        try:
+            result = load.burst(scratch, server.url, signed, args.connections, progress)
+        finally:
+            sampling.set()
+            sampler.join()
+        cpu = server.cpu_seconds() - cpu_before
+        rss_after = server.rss_bytes()
+        if result.wrk.non2xx or result.wrk.socket_errors:
+            log(f"burst: {result.wrk.non2xx} non-2xx, {result.wrk.socket_errors} socket errors; "
+                f"the server's log ends:\n{server.log_tail()}")  # fmt: skip
+    signed.unlink()
+    peak = max([rss for _, rss in samples] + [rss_idle, rss_after])
+    row = {
+        "server": target.name,
+        "deliveries": count,
+        "connections": args.connections,
+        "drained": result.drained,
+        "drain_seconds": round(result.drain_seconds, 2),
+        "deliveries_per_s": round(count / result.drain_seconds, 1),
+        "p50_ms": result.wrk.p50_ms,
+        "p99_ms": result.wrk.p99_ms,
+        "max_ms": result.wrk.max_ms,
+        "non2xx": result.wrk.non2xx,
+        "socket_errors": result.wrk.socket_errors,
+        "users_stored": servers.users_stored(dsn) if dsn else None,
+        "server_cpu_s_per_1k": round(cpu * 1000 / count, 4),
+        "rss_mb": {
+            "idle_before": round(rss_idle / MB, 1),
+            "peak": round(peak / MB, 1),
+            "after_answers": at_answers,
+            "after_drain": round(rss_after / MB, 1),
+        },
+        "rss_samples_mb": [round(rss / MB, 1) for _, rss in samples],
+    }
+    return row
+
+
+def burst_markdown(row: dict[str, Any]) -> str:
+    rss = row["rss_mb"]
+    marks = ", ".join(f"{int(k) // 1000}k: {v:.0f} MB" for k, v in rss["after_answers"].items())
+    return (
+        f"Burst: {row['deliveries']:,} distinct user.created deliveries to {row['server']} "
+        f"({row['connections']} connections) "
+        f"{'drained in' if row['drained'] else 'did NOT drain; last answer after'} "
+        f"{row['drain_seconds']:.1f} s "
+        f"({row['deliveries_per_s']:,.0f}/s, p99 {row['p99_ms']:.1f} ms), "
+        f"{row['non2xx']} non-2xx, {row['socket_errors']} socket errors, "
+        f"{row['users_stored']} users stored.\n"
+        f"Server RSS: {rss['idle_before']:.0f} MB idle, peak {rss['peak']:.0f} MB; "
+        f"after {marks}; {rss['after_drain']:.0f} MB once drained."
+    )
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> NoReturn:
+    raise SystemExit(143)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--deliveries", type=int, default=60_000)
-    parser.add_argument(
-        "--database-url", default=os.environ.get("DATABASE_URL", support.SHARED_SERVER_DSN)
-    )
-    args = parser.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("bench: wrk is not installed (Debian: apt-get install wrk)")
-
+    args = parse_args()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the finally below still cleans up
+    load.require_wrk()
     secret, key = support.make_secret()
-    dsn = support.create_database(args.database_url)
-    work = Path(tempfile.mkdtemp(prefix="clerk-sync-bench-"))
+    scratch = Path(tempfile.mkdtemp(prefix="clerk-sync-bench-"))
+    databases = servers.Databases(args.database_url, scratch)
+    command = "python bench/run.py" + "".join(f" {a}" for a in sys.argv[1:])
     try:
-        requests_file = work / "requests.tsv"
-        requests_file.write_text("\n".join(make_deliveries(key, args.deliveries)) + "\n")
-        (work / "bench.lua").write_text(LUA)
-        env = {"CLERK_WEBHOOK_SECRET": secret, "DATABASE_URL": dsn}
-        with support.running_server(env) as server:
-            result = subprocess.run(
-                ["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
-                 "-s", str(work / "bench.lua"), server.url],
-                env={**os.environ, "BENCH_REQUESTS": str(requests_file)},
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-        match = re.search(r"BENCH (.*)", result.stdout)
-        if not match:
-            sys.exit(f"bench: wrk printed no result:\n{result.stdout}\n{result.stderr}")
-        figures = dict(item.split("=") for item in match[1].split())
-        rate = float(figures["requests"]) / float(figures["seconds"])
-        applied = support.fetch(dsn, "select count(*) as n from clerk_sync.inbox")[0]["n"]
-        print(
-            f"clerk-sync: {rate:,.0f} deliveries/s, p50 {float(figures['p50_ms']):.1f} ms, "
-            f"p99 {float(figures['p99_ms']):.1f} ms, non-2xx/errors {figures['errors']}, "
-            f"{applied} distinct deliveries stored ({args.connections} connections, {args.duration} s)"
-        )
+        results: dict[str, Any] = {
+            "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "command": command,
+            "machine": machine(args),
+            "settings": {
+                "threads": args.threads,
+                "connections": args.connections,
+                "duration": args.duration,
+                "warmup": args.warmup,
+                "deliveries": args.deliveries,
+                "mix": "~55% new users, ~35% updates, ~5% duplicates, ~5% stale updates",
+            },
+        }
+        if args.throughput:
+            rows, body_bytes = throughput(args, scratch, databases, secret, key)
+            results["settings"]["body_bytes"] = body_bytes
+            results["throughput"] = rows
+            results["ratios"] = report.ratios(rows)
+            results["goals"] = report.goals(rows)
+        if args.cold_start:
+            results["cold_start"] = cold_start(args, scratch, databases, secret, key)
+        if args.throughput:
+            args.results.mkdir(parents=True, exist_ok=True)
+            report.write_json(args.results / "latest.json", results)
+            report.chart(args.results / "latest.png", results)
+            print(report.markdown(results))
+            log(f"wrote {args.results / 'latest.json'} and {args.results / 'latest.png'}")
+        elif args.cold_start:
+            print(report.cold_start_markdown(results["cold_start"]))
+        if args.burst:
+            row = burst(args, scratch, databases, secret, key)
+            args.results.mkdir(parents=True, exist_ok=True)
+            report.write_json(
+                args.results / "burst.json",
+                {**{k: results[k] for k in ("generated_at", "command", "machine")}, "burst": row},
+            )
+            print()
+            print(burst_markdown(row))
+            log(f"wrote {args.results / 'burst.json'}")
     finally:
-        support.drop_database(args.database_url, dsn)
-        shutil.rmtree(work, ignore_errors=True)
+        databases.close()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
