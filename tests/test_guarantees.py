@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -921,3 +922,82 @@ def test_concurrent_deliveries_end_in_the_model_rows(db: str, seed: int) -> None
         own = [ev.profile for ev in events if ev.user_id == doomed and ev.kind == "profile"]
         assert {k: row[k] for k in PROFILE_COLUMNS} in own
     assert "user_c4" not in rows
+
+
+# --- one batch ----------------------------------------------------------------------------------
+
+
+def apply_as_one_batch(db: str, arrivals: Sequence[Ev], delete_mode: str) -> list[str]:
+    """All arrivals in a single call of the batch function: one transaction, as group commit
+    sends deliveries that arrive together."""
+
+    async def go() -> list[str]:
+        conn = await asyncpg.connect(db)
+        try:
+            rows = await conn.fetch(
+                "select event_outcome from public.clerk_sync_apply_batch($1::text[], "
+                "$2::text[]::jsonb[], $3) order by event_index",
+                [ev.svix_id for ev in arrivals],
+                [ev.body.decode() for ev in arrivals],
+                delete_mode,
+            )
+            return [row[0] for row in rows]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    data=st.data(),
+    events=event_sets(),
+    delete_mode=st.sampled_from(["soft", "hard"]),
+    split=st.integers(0, 20),
+)
+def test_a_batch_ends_as_one_by_one_would(
+    db: str, data: st.DataObject, events: list[Ev], delete_mode: str, split: int
+) -> None:
+    """The same guarantees when deliveries share a transaction: the arrivals, with
+    redeliveries, go in two batches (the first may be empty), and every outcome and row is
+    what applying them one after another gives."""
+    support.execute(db, support.CLEAN_SQL)
+    arrivals = list(data.draw(st.permutations(events), label="order")) if events else []
+    redeliveries = data.draw(
+        st.lists(st.tuples(st.sampled_from(events), st.integers(0, 100)), max_size=6)
+        if events
+        else st.just([]),
+        label="redeliveries",
+    )
+    for ev, where in redeliveries:
+        arrivals.insert(where % (len(arrivals) + 1), ev)
+    cut = split % (len(arrivals) + 1)
+
+    outcomes = apply_as_one_batch(db, arrivals[:cut], delete_mode) + apply_as_one_batch(
+        db, arrivals[cut:], delete_mode
+    )
+
+    expected_outcomes, effective = arrival_model(arrivals)
+    for ev, got, expected in zip(arrivals, outcomes, expected_outcomes, strict=True):
+        if expected is not None:
+            assert got == expected, (ev.svix_id, ev.kind)
+        else:
+            assert got in ("applied", "stale"), ev.svix_id
+    assert observed_rows(db) == model_rows(canonical_order(events, effective), delete_mode)
+    assert {k: v["outcome"] for k, v in inbox(db).items()} == {
+        ev.svix_id: got
+        for ev, got in reversed(list(zip(arrivals, outcomes, strict=True)))
+        if got != "duplicate"
+    }
+    assert set(tombstones(db)) == {ev.user_id for ev in events if ev.kind == "delete"}
+
+    # And exactly what one-by-one delivery gives, outcome for outcome, row for row.
+    rows_batched = observed_rows(db)
+    support.execute(db, support.CLEAN_SQL)
+    one_by_one = apply(db, *((ev.svix_id, ev.body) for ev in arrivals), delete_mode=delete_mode)
+    assert outcomes == one_by_one
+    assert observed_rows(db) == rows_batched

@@ -22,11 +22,12 @@ from clerk_sync.storage.group_commit import GroupCommitter
 log = logging.getLogger("clerk_sync.storage")
 
 APPLY_SQL = "select public.clerk_sync_apply($1, $2::jsonb, $3)"
-# Several events in one statement, so one transaction: applied in the order given.
+# Several events in one statement, so one transaction, with the outcomes of applying them
+# one after another in the order given.
 APPLY_BATCH_SQL = """
-select public.clerk_sync_apply(x.id, x.body::jsonb, $3)
-from unnest($1::text[], $2::text[]) with ordinality as x(id, body, n)
-order by x.n
+select event_outcome
+from public.clerk_sync_apply_batch($1::text[], $2::text[]::jsonb[], $3)
+order by event_index
 """
 RECORD_INVALID_SQL = "select public.clerk_sync_record_invalid($1, $2, $3)"
 
@@ -85,10 +86,6 @@ class _Write:
     message_id: str
     event: ClerkEvent
     deadline: float  # event loop time by which the caller must have its answer
-
-    @property
-    def lock_key(self) -> str:
-        return self.event.user_id or self.message_id
 
 
 class PostgresStore:
@@ -164,10 +161,8 @@ class PostgresStore:
 
     async def _apply_batch(self, batch: list[_Write]) -> list[Outcome | Exception]:
         if len(batch) > 1:
-            # Every batch takes its users' locks in the same order, so two cannot deadlock.
-            order = sorted(range(len(batch)), key=lambda i: batch[i].lock_key)
-            ids = [batch[i].message_id for i in order]
-            bodies = [batch[i].event.body for i in order]
+            ids = [write.message_id for write in batch]
+            bodies = [write.event.body for write in batch]
             deadline = min(write.deadline for write in batch)
             try:
                 rows = await self._fetch(deadline, APPLY_BATCH_SQL, ids, bodies, self._delete_mode)
@@ -176,10 +171,7 @@ class PostgresStore:
             except (EventRejected, asyncpg.PostgresError):
                 pass  # one event spoiled the batch: nothing was written; apply each on its own
             else:
-                outcomes: list[Outcome | Exception] = [Outcome.APPLIED] * len(batch)
-                for position, row in zip(order, rows, strict=True):
-                    outcomes[position] = Outcome(row[0])
-                return outcomes
+                return [Outcome(row[0]) for row in rows]
         return [await self._apply_one(write) for write in batch]
 
     async def _apply_one(self, write: _Write) -> Outcome | Exception:

@@ -131,174 +131,289 @@ as $$
     limit 1
 $$;
 
--- Apply one verified Clerk event, exactly once. Returns the outcome:
+-- The events of a batch, in order, with what each one is: its kind of write, its user, its
+-- version (profile events: data.updated_at) and the sign-in time it carries, or the problem
+-- that makes it not a Clerk event.
+--   kind 'profile'  user.created, user.updated (and user.signed_in carrying a user: not a Clerk
+--                   event, the sign-in signal is session.created, but old guides subscribe to it)
+--   kind 'delete'   user.deleted
+--   kind 'sign_in'  session.created: data.user.last_sign_in_at, else the session's created_at
+--   kind 'ignore'   every other type
+create or replace function clerk_sync.batch_events(p_svix_ids text[], p_events jsonb[])
+returns table (
+    n bigint, svix_id text, event jsonb, type text, kind text, user_id text,
+    version timestamptz, sign_in timestamptz, problem text
+)
+language sql
+stable
+set search_path = ''
+as $$
+    select k.n, k.svix_id, k.event, k.type, k.kind, k.user_id,
+           case when k.kind = 'profile' then clerk_sync.ms_to_timestamptz(k.data -> 'updated_at') end,
+           case k.kind
+               when 'profile' then clerk_sync.ms_to_timestamptz(k.data -> 'last_sign_in_at')
+               when 'sign_in' then coalesce(
+                   clerk_sync.ms_to_timestamptz(k.data -> 'user' -> 'last_sign_in_at'),
+                   clerk_sync.ms_to_timestamptz(k.data -> 'created_at'))
+           end,
+           case
+               when pg_catalog.jsonb_typeof(k.data) is distinct from 'object' or k.type is null
+                   then 'not a Clerk event: it needs a string "type" and an object "data"'
+               when k.kind <> 'ignore' and k.user_id is null
+                   then k.type || ' event without a user id'
+               when k.kind = 'profile' and pg_catalog.jsonb_typeof(k.data -> 'updated_at') <> 'number'
+                   then k.type || ' event without a numeric updated_at'
+               when k.kind = 'sign_in'
+                    and pg_catalog.jsonb_typeof(k.data -> 'user' -> 'last_sign_in_at') is distinct from 'number'
+                    and pg_catalog.jsonb_typeof(k.data -> 'created_at') is distinct from 'number'
+                   then 'session.created without a numeric created_at'
+           end
+    from (
+        select e.n, e.svix_id, e.event, e.type, e.data, e.kind,
+               case e.kind
+                   when 'sign_in' then coalesce(e.data ->> 'user_id', e.data -> 'user' ->> 'id')
+                   when 'ignore' then null
+                   else e.data ->> 'id'
+               end as user_id
+        from (
+            select u.n, u.svix_id, u.event, u.event ->> 'type' as type, u.event -> 'data' as data,
+                   case
+                       when u.event ->> 'type' in ('user.created', 'user.updated') then 'profile'
+                       when u.event ->> 'type' = 'user.signed_in'
+                            and u.event -> 'data' ->> 'object' = 'user' then 'profile'
+                       when u.event ->> 'type' = 'user.deleted' then 'delete'
+                       when u.event ->> 'type' = 'session.created' then 'sign_in'
+                       else 'ignore'
+                   end as kind
+            from unnest(p_svix_ids, p_events) with ordinality as u(svix_id, event, n)
+        ) as e
+    ) as k
+$$;
+
+-- Apply a batch of verified Clerk events in one transaction, exactly once each, with the same
+-- result as applying them one after another in the order given. Returns each event's outcome:
 --   'applied'   the database changed
---   'duplicate' this svix-id was handled before
+--   'duplicate' this svix-id was handled before (or earlier in the batch)
 --   'stale'     the event is older than what the database holds, or its user was deleted
 --   'ignored'   an event type clerk-sync does not sync (recorded, nothing else changes)
 -- p_delete_mode is 'soft' (set users.deleted_at, keep the row) or 'hard' (remove the row).
+-- A batch with any event that is not a Clerk event is refused whole (SQLSTATE 22023).
+create or replace function public.clerk_sync_apply_batch(
+    p_svix_ids text[],
+    p_events jsonb[],
+    p_delete_mode text default 'soft'
+)
+returns table (event_index bigint, event_outcome text)
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_problem text;
+    v_lock integer;
+begin
+    select b.problem into v_problem
+    from clerk_sync.batch_events(p_svix_ids, p_events) as b
+    where b.problem is not null
+    order by b.n
+    limit 1;
+    if v_problem is not null then
+        raise exception '%', v_problem using errcode = '22023';
+    end if;
+
+    -- One writer per user at a time (per svix-id for other events), taken in one global order
+    -- so that batches cannot deadlock. The statement below runs after every lock is held, so
+    -- it sees every earlier commit for these users; concurrent deliveries of the same svix-id
+    -- serialize here too.
+    for v_lock in
+        select distinct pg_catalog.hashtext(coalesce(b.user_id, b.svix_id))
+        from clerk_sync.batch_events(p_svix_ids, p_events) as b
+        order by 1
+    loop
+        perform pg_catalog.pg_advisory_xact_lock(1668049779, v_lock);  -- 'clrk'
+    end loop;
+
+    return query
+    with batch as (
+        select * from clerk_sync.batch_events(p_svix_ids, p_events)
+    ),
+    -- Each svix-id's first delivery in the batch, unless an earlier one was handled.
+    fresh as (
+        select distinct on (b.svix_id) b.*
+        from batch as b
+        where not exists (select 1 from clerk_sync.inbox as i where i.svix_id = b.svix_id)
+        order by b.svix_id, b.n
+    ),
+    -- What the database holds for each user before the batch.
+    before as (
+        select f.user_id,
+               exists (select 1 from clerk_sync.tombstones as t where t.user_id = f.user_id)
+                   as tombstoned,
+               u.id is not null as has_row,
+               u.updated_at as version,
+               u.last_sign_in_at as row_sign_in,
+               p.last_sign_in_at as pending_sign_in
+        from (select distinct fresh.user_id from fresh where fresh.kind <> 'ignore') as f
+        left join public.users as u on u.id = f.user_id
+        left join clerk_sync.pending_sign_ins as p on p.user_id = f.user_id
+    ),
+    -- Each event with what came before it for the same user, in batch order.
+    ordered as (
+        select f.*, s.tombstoned, s.has_row, s.version as row_version, s.row_sign_in,
+               greatest(s.row_sign_in, s.pending_sign_in) as known_sign_in,
+               min(f.n) filter (where f.kind = 'delete') over per_user as first_delete,
+               max(f.version) over earlier as earlier_version,
+               max(f.sign_in) over earlier as earlier_sign_in
+        from fresh as f
+        left join before as s on s.user_id = f.user_id
+        window per_user as (partition by f.user_id),
+               earlier as (partition by f.user_id order by f.n
+                           rows between unbounded preceding and 1 preceding)
+    ),
+    decided as (
+        select o.*,
+               case
+                   when o.kind = 'ignore' then 'ignored'
+                   when o.tombstoned or o.n > o.first_delete then 'stale'
+                   when o.kind = 'delete' then 'applied'
+                   when o.kind = 'profile' then
+                       case when o.version > coalesce(greatest(o.row_version, o.earlier_version), '-infinity')
+                            then 'applied' else 'stale' end
+                   else
+                       case when o.sign_in > coalesce(greatest(o.known_sign_in, o.earlier_sign_in), '-infinity')
+                            then 'applied' else 'stale' end
+               end as outcome
+        from ordered as o
+    ),
+    -- Per user: the profile it ends with (the newest applied), its latest sign-in from events
+    -- that came before any delete, and whether the batch deleted it.
+    per_user as (
+        select d.user_id,
+               bool_or(d.has_row) as has_row,
+               max(d.row_sign_in) as row_sign_in,
+               bool_or(d.kind = 'delete' and d.outcome = 'applied') as deleted,
+               greatest(max(d.known_sign_in),
+                        max(d.sign_in) filter (where d.first_delete is null or d.n < d.first_delete))
+                   as sign_in,
+               (array_agg(d.event -> 'data' order by d.version desc)
+                   filter (where d.kind = 'profile' and d.outcome = 'applied'))[1] as profile
+        from decided as d
+        where d.kind <> 'ignore' and not d.tombstoned
+        group by d.user_id
+    ),
+    -- Every change to a user's row in one statement (sibling statements here would not see
+    -- each other's rows): a new profile, a later sign-in, a soft delete.
+    upserted as (
+        insert into public.users as u (
+            id, email, email_verified, phone, username, first_name, last_name, image_url,
+            external_id, public_metadata, unsafe_metadata, banned, created_at, updated_at,
+            last_sign_in_at, deleted_at
+        )
+        select p.user_id,
+               e.entry ->> 'email_address',
+               coalesce(e.entry -> 'verification' ->> 'status' = 'verified', false),
+               ph.entry ->> 'phone_number',
+               p.profile ->> 'username',
+               p.profile ->> 'first_name',
+               p.profile ->> 'last_name',
+               p.profile ->> 'image_url',
+               p.profile ->> 'external_id',
+               coalesce(nullif(p.profile -> 'public_metadata', 'null'::jsonb), '{}'::jsonb),
+               coalesce(nullif(p.profile -> 'unsafe_metadata', 'null'::jsonb), '{}'::jsonb),
+               coalesce((p.profile ->> 'banned')::boolean, false),
+               clerk_sync.ms_to_timestamptz(p.profile -> 'created_at'),
+               clerk_sync.ms_to_timestamptz(p.profile -> 'updated_at'),
+               p.sign_in,
+               case when p.deleted then now() end
+        from per_user as p
+        cross join lateral (select clerk_sync.primary_entry(
+            p.profile -> 'email_addresses', p.profile -> 'primary_email_address_id') as entry) as e
+        cross join lateral (select clerk_sync.primary_entry(
+            p.profile -> 'phone_numbers', p.profile -> 'primary_phone_number_id') as entry) as ph
+        where not (p.deleted and p_delete_mode = 'hard')
+          and (p.profile is not null
+               or (p.has_row and (p.deleted
+                                  or p.sign_in > coalesce(p.row_sign_in, '-infinity'))))
+        on conflict (id) do update set
+            email = case when excluded.updated_at is null then u.email else excluded.email end,
+            email_verified = case when excluded.updated_at is null then u.email_verified
+                                  else excluded.email_verified end,
+            phone = case when excluded.updated_at is null then u.phone else excluded.phone end,
+            username = case when excluded.updated_at is null then u.username
+                            else excluded.username end,
+            first_name = case when excluded.updated_at is null then u.first_name
+                              else excluded.first_name end,
+            last_name = case when excluded.updated_at is null then u.last_name
+                             else excluded.last_name end,
+            image_url = case when excluded.updated_at is null then u.image_url
+                             else excluded.image_url end,
+            external_id = case when excluded.updated_at is null then u.external_id
+                               else excluded.external_id end,
+            public_metadata = case when excluded.updated_at is null then u.public_metadata
+                                   else excluded.public_metadata end,
+            unsafe_metadata = case when excluded.updated_at is null then u.unsafe_metadata
+                                   else excluded.unsafe_metadata end,
+            banned = case when excluded.updated_at is null then u.banned else excluded.banned end,
+            created_at = coalesce(excluded.created_at, u.created_at),
+            updated_at = coalesce(excluded.updated_at, u.updated_at),
+            last_sign_in_at = greatest(u.last_sign_in_at, excluded.last_sign_in_at),
+            deleted_at = coalesce(u.deleted_at, excluded.deleted_at)
+        returning u.id
+    ),
+    removed as (
+        delete from public.users as u
+        using per_user as p
+        where p_delete_mode = 'hard' and p.deleted and u.id = p.user_id
+        returning u.id
+    ),
+    tombstoned as (
+        insert into clerk_sync.tombstones (user_id, deleted_at, svix_id)
+        select d.user_id, now(), d.svix_id from decided as d
+        where d.kind = 'delete' and d.outcome = 'applied'
+        returning user_id
+    ),
+    -- Sign-ins of users who have no row yet wait for it; a row or a delete takes them over.
+    pending_dropped as (
+        delete from clerk_sync.pending_sign_ins as s
+        using per_user as p
+        where s.user_id = p.user_id and (p.deleted or p.profile is not null)
+        returning s.user_id
+    ),
+    pending_kept as (
+        insert into clerk_sync.pending_sign_ins as s (user_id, last_sign_in_at)
+        select p.user_id, p.sign_in from per_user as p
+        where not p.has_row and not p.deleted and p.profile is null and p.sign_in is not null
+        on conflict (user_id) do update set last_sign_in_at = excluded.last_sign_in_at
+        where s.last_sign_in_at < excluded.last_sign_in_at
+        returning s.user_id
+    ),
+    recorded as (
+        insert into clerk_sync.inbox (svix_id, event_type, user_id, outcome, payload)
+        select d.svix_id, d.type, d.user_id, d.outcome,
+               case when d.kind <> 'ignore' then d.event end
+        from decided as d
+        returning svix_id
+    )
+    select b.n, coalesce(d.outcome, 'duplicate')
+    from batch as b
+    left join decided as d on d.n = b.n
+    order by b.n;
+end
+$$;
+
+-- Apply one verified Clerk event: a batch of one.
 create or replace function public.clerk_sync_apply(
     p_svix_id text,
     p_event jsonb,
     p_delete_mode text default 'soft'
 )
 returns text
-language plpgsql
+language sql
 volatile
 set search_path = ''
 as $$
-declare
-    v_type     text  := p_event ->> 'type';
-    v_data     jsonb := p_event -> 'data';
-    v_kind     text;
-    v_user_id  text;
-    v_outcome  text;
-    v_version  timestamptz;
-    v_sign_in  timestamptz;
-    v_pending  timestamptz;
-    v_email    jsonb;
-    v_phone    jsonb;
-begin
-    if jsonb_typeof(v_data) is distinct from 'object' or v_type is null then
-        raise exception 'not a Clerk event: it needs a string "type" and an object "data"'
-            using errcode = '22023';
-    end if;
-
-    -- What kind of write this is, and for which user. user.signed_in is not a Clerk event (the
-    -- sign-in signal is session.created) but old setup guides subscribe to it: treat it as an
-    -- update when it carries a user.
-    v_kind := case
-        when v_type in ('user.created', 'user.updated') then 'profile'
-        when v_type = 'user.signed_in' and v_data ->> 'object' = 'user' then 'profile'
-        when v_type = 'user.deleted' then 'delete'
-        when v_type = 'session.created' then 'sign_in'
-        else 'ignore'
-    end;
-    v_user_id := case v_kind
-        when 'sign_in' then coalesce(v_data ->> 'user_id', v_data -> 'user' ->> 'id')
-        when 'ignore' then null
-        else v_data ->> 'id'
-    end;
-    if v_kind <> 'ignore' and v_user_id is null then
-        raise exception '% event without a user id', v_type using errcode = '22023';
-    end if;
-
-    -- One writer per user at a time (per svix-id for other events): every check below then sees
-    -- every earlier commit, and concurrent deliveries of the same svix-id serialize here.
-    perform pg_catalog.pg_advisory_xact_lock(
-        1668049779,  -- 'clrk', this schema's advisory lock class
-        pg_catalog.hashtext(coalesce(v_user_id, p_svix_id))
-    );
-
-    if exists (select 1 from clerk_sync.inbox where svix_id = p_svix_id) then
-        return 'duplicate';
-    end if;
-
-    if v_kind = 'ignore' then
-        insert into clerk_sync.inbox (svix_id, event_type, outcome)
-        values (p_svix_id, v_type, 'ignored');
-        return 'ignored';
-    end if;
-
-    if exists (select 1 from clerk_sync.tombstones where user_id = v_user_id) then
-        v_outcome := 'stale';
-
-    elsif v_kind = 'profile' then
-        v_version := clerk_sync.ms_to_timestamptz(v_data -> 'updated_at');
-        if v_version is null then
-            raise exception '% event without a numeric updated_at', v_type using errcode = '22023';
-        end if;
-        v_email := clerk_sync.primary_entry(v_data -> 'email_addresses', v_data -> 'primary_email_address_id');
-        v_phone := clerk_sync.primary_entry(v_data -> 'phone_numbers', v_data -> 'primary_phone_number_id');
-        delete from clerk_sync.pending_sign_ins where user_id = v_user_id
-            returning last_sign_in_at into v_pending;
-        v_sign_in := greatest(clerk_sync.ms_to_timestamptz(v_data -> 'last_sign_in_at'), v_pending);
-
-        insert into public.users as u (
-            id, email, email_verified, phone, username, first_name, last_name, image_url,
-            external_id, public_metadata, unsafe_metadata, banned, created_at, updated_at,
-            last_sign_in_at
-        ) values (
-            v_user_id,
-            v_email ->> 'email_address',
-            coalesce(v_email -> 'verification' ->> 'status' = 'verified', false),
-            v_phone ->> 'phone_number',
-            v_data ->> 'username',
-            v_data ->> 'first_name',
-            v_data ->> 'last_name',
-            v_data ->> 'image_url',
-            v_data ->> 'external_id',
-            coalesce(nullif(v_data -> 'public_metadata', 'null'::jsonb), '{}'::jsonb),
-            coalesce(nullif(v_data -> 'unsafe_metadata', 'null'::jsonb), '{}'::jsonb),
-            coalesce((v_data ->> 'banned')::boolean, false),
-            clerk_sync.ms_to_timestamptz(v_data -> 'created_at'),
-            v_version,
-            v_sign_in
-        )
-        on conflict (id) do update set
-            email = excluded.email,
-            email_verified = excluded.email_verified,
-            phone = excluded.phone,
-            username = excluded.username,
-            first_name = excluded.first_name,
-            last_name = excluded.last_name,
-            image_url = excluded.image_url,
-            external_id = excluded.external_id,
-            public_metadata = excluded.public_metadata,
-            unsafe_metadata = excluded.unsafe_metadata,
-            banned = excluded.banned,
-            created_at = coalesce(excluded.created_at, u.created_at),
-            updated_at = excluded.updated_at,
-            last_sign_in_at = greatest(u.last_sign_in_at, excluded.last_sign_in_at)
-        where u.updated_at is null or u.updated_at < excluded.updated_at;
-
-        if found then
-            v_outcome := 'applied';
-        else
-            v_outcome := 'stale';
-            -- An older profile still carries a sign-in time: that only ever moves forward.
-            update public.users set last_sign_in_at = v_sign_in
-            where id = v_user_id and v_sign_in > coalesce(last_sign_in_at, '-infinity');
-        end if;
-
-    elsif v_kind = 'delete' then
-        insert into clerk_sync.tombstones (user_id, deleted_at, svix_id)
-        values (v_user_id, now(), p_svix_id);
-        delete from clerk_sync.pending_sign_ins where user_id = v_user_id;
-        if p_delete_mode = 'hard' then
-            delete from public.users where id = v_user_id;
-        else
-            update public.users set deleted_at = now() where id = v_user_id and deleted_at is null;
-        end if;
-        v_outcome := 'applied';
-
-    else  -- sign_in
-        v_sign_in := coalesce(
-            clerk_sync.ms_to_timestamptz(v_data -> 'user' -> 'last_sign_in_at'),
-            clerk_sync.ms_to_timestamptz(v_data -> 'created_at')
-        );
-        if v_sign_in is null then
-            raise exception 'session.created without a numeric created_at' using errcode = '22023';
-        end if;
-        update public.users set last_sign_in_at = v_sign_in
-        where id = v_user_id and v_sign_in > coalesce(last_sign_in_at, '-infinity');
-        if found then
-            v_outcome := 'applied';
-        elsif exists (select 1 from public.users where id = v_user_id) then
-            v_outcome := 'stale';
-        else
-            insert into clerk_sync.pending_sign_ins as p (user_id, last_sign_in_at)
-            values (v_user_id, v_sign_in)
-            on conflict (user_id) do update set last_sign_in_at = excluded.last_sign_in_at
-            where p.last_sign_in_at < excluded.last_sign_in_at;
-            v_outcome := case when found then 'applied' else 'stale' end;
-        end if;
-    end if;
-
-    insert into clerk_sync.inbox (svix_id, event_type, user_id, outcome, payload)
-    values (p_svix_id, v_type, v_user_id, v_outcome, p_event);
-    return v_outcome;
-end
+    select b.event_outcome
+    from public.clerk_sync_apply_batch(array[p_svix_id], array[p_event], p_delete_mode) as b
 $$;
 
 -- A verified delivery that can never be applied (not JSON, not a Clerk event): kept for
@@ -321,4 +436,5 @@ $$;
 -- Nobody but the owner (and, on Supabase, the service role: see a later migration) may call
 -- the write functions.
 revoke execute on function public.clerk_sync_apply(text, jsonb, text) from public;
+revoke execute on function public.clerk_sync_apply_batch(text[], jsonb[], text) from public;
 revoke execute on function public.clerk_sync_record_invalid(text, bytea, text) from public;
