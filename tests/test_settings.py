@@ -100,3 +100,56 @@ def test_secret_decoding() -> None:
     # Unpadded secrets decode as the reference libraries decode them.
     assert len(decode_signing_secret("whsec_plJ3nmyCDGBKInavdOK15jsl")) == 18
     assert split_secrets(" a, b,,c  d ") == ["a", "b", "c", "d"]
+
+
+SERVICE_ROLE_JWT = (  # the local `supabase start` service_role key (a public demo value)
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6InNlcnZpY2Vfcm9"
+    "sZSIsImV4cCI6MTk4MzgxMjk5Nn0.EGIM96RAZx35lJzdJsyH-qQwv8Hdp7fsn3W0YpN81IU"
+)
+ANON_JWT = (  # the local `supabase start` anon key
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6ImFub24iLCJleHAi"
+    "OjE5ODM4MTI5OTZ9.CRXP1A7WOeoJeXxjNni43kdQwgnWNReilDMblYTn_I0"
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "key", "expected_url"),
+    [
+        ("https://abcd.supabase.co", "sb_secret_abc123", "https://abcd.supabase.co"),
+        ("https://abcd.supabase.co/rest/v1/", SERVICE_ROLE_JWT, "https://abcd.supabase.co"),
+        ("http://127.0.0.1:54321", SERVICE_ROLE_JWT, "http://127.0.0.1:54321"),
+        ("http://localhost:54321/", "sb_secret_abc123", "http://localhost:54321"),
+    ],
+)
+def test_rest_mode_settings(url: str, key: str, expected_url: str) -> None:
+    s = load_settings(supabase_url=url, supabase_service_role_key=key)
+    assert (s.supabase_url, s.rest_mode) == (expected_url, True)
+    # DATABASE_URL, when set too, wins: direct mode.
+    assert not load_settings(
+        supabase_url=url, supabase_service_role_key=key, database_url="postgresql://x@h/db"
+    ).rest_mode
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("SUPABASE_URL", "http://abcd.supabase.co", "https is required"),
+        ("SUPABASE_URL", "abcd.supabase.co", "expected the project URL"),
+        ("SUPABASE_URL", "https://", "expected the project URL"),
+        ("SUPABASE_SERVICE_ROLE_KEY", ANON_JWT, "the anon (publishable) key"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "sb_publishable_abc123", "the anon (publishable) key"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "sk_live_notsupabase", "expected the service_role key"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "eyJhbGciOi.bm90IGpzb24.x", "expected the service_role key"),
+    ],
+)
+def test_rest_mode_mistakes_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith(f"{variable}: ") and expected in message
+    assert "\n" not in message
+    if variable == "SUPABASE_SERVICE_ROLE_KEY":
+        assert value[8:] not in message

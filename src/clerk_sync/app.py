@@ -6,8 +6,9 @@ with any ASGI server); `clerk-sync serve` builds the same app from settings.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -18,8 +19,7 @@ from starlette.routing import Route
 from clerk_sync import metrics
 from clerk_sync.limits import FailedVerificationLimiter
 from clerk_sync.settings import Settings
-from clerk_sync.storage import Store
-from clerk_sync.storage.postgres import PostgresStore
+from clerk_sync.storage import Store, open_store
 from clerk_sync.verify import Verifier
 from clerk_sync.webhook import WebhookReceiver, json_response
 
@@ -33,13 +33,21 @@ class _Opened:
     receiver: WebhookReceiver | None = None
 
 
+def start_draining(app: Starlette) -> None:
+    """Say not-ready from now on (the server is shutting down): a load balancer stops sending
+    new deliveries while the ones in flight finish."""
+    app.state.draining = True
+
+
 def create_app(
     *,
     verifier: Verifier,
     open_store: Callable[[], Awaitable[Store]],
     max_body_bytes: int = 1024 * 1024,
     failed_verification_limit: int = 20,
+    background: Sequence[Callable[[], Coroutine[object, object, None]]] = (),
 ) -> Starlette:
+    """The app; `background` are loops (retention, say) run for the app's lifetime."""
     opened = _Opened()
     limiter = FailedVerificationLimiter(failed_verification_limit)
 
@@ -52,6 +60,8 @@ def create_app(
         return json_response(200, {"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        if getattr(request.app.state, "draining", False):
+            return json_response(503, {"error": "shutting down"})
         if opened.store is None:
             return json_response(503, {"error": "starting"})
         reason = await opened.store.not_ready_reason()
@@ -73,9 +83,15 @@ def create_app(
         opened.receiver = WebhookReceiver(
             verifier, opened.store, limiter, max_body_bytes=max_body_bytes
         )
+        tasks = [asyncio.create_task(loop()) for loop in background]
         try:
             yield
         finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await opened.store.close()
 
     return Starlette(
@@ -90,23 +106,35 @@ def create_app(
     )
 
 
-def create_app_from_settings(settings: Settings, dsn: str) -> Starlette:
-    """The app `clerk-sync serve` runs: direct PostgreSQL at `dsn`, configured by `settings`."""
+def create_app_from_settings(settings: Settings, dsn: str | None = None) -> Starlette:
+    """The app `clerk-sync serve` runs, configured by `settings`: direct PostgreSQL at `dsn`
+    (default DATABASE_URL), else REST mode (SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY)."""
     if not settings.signing_keys:
         raise ValueError("a signing secret is required")
-
-    async def open_store() -> Store:
-        return await PostgresStore.open(
-            dsn,
-            delete_mode=settings.delete_mode,
-            timeout=settings.db_timeout,
-            pool_size=settings.pool_size,
-            prepared_statements=settings.prepared_statements,
+    if not (dsn or settings.database_url or settings.rest_mode):
+        raise ValueError(
+            "no database configured: set DATABASE_URL, or SUPABASE_URL and "
+            "SUPABASE_SERVICE_ROLE_KEY"
         )
+
+    background = []
+    database_url = dsn or settings.database_url
+    if database_url:  # REST mode cannot purge from here: see `clerk-sync purge`
+        from clerk_sync.retention import retention_loop
+
+        def purge_expired() -> Coroutine[object, object, None]:
+            return retention_loop(
+                database_url,
+                settings.retention_days,
+                prepared_statements=settings.prepared_statements,
+            )
+
+        background.append(purge_expired)
 
     return create_app(
         verifier=Verifier(settings.signing_keys),
-        open_store=open_store,
+        open_store=lambda: open_store(settings, dsn),
         max_body_bytes=settings.max_body_bytes,
         failed_verification_limit=settings.failed_verification_limit,
+        background=background,
     )

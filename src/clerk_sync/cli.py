@@ -7,21 +7,26 @@ exit status 2 for configuration (1 for anything else), never a traceback.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import enum
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from types import FrameType
+from typing import Annotated, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
 import typer
 
-from clerk_sync import migrations
+from clerk_sync import logs, migrations
 from clerk_sync.datadir import create_dev_secret, read_dev_secret
 from clerk_sync.settings import ConfigError, Settings, decode_signing_secret, load_settings
+from clerk_sync.storage import open_store
 from clerk_sync.storage.embedded import EmbeddedPostgresError, embedded_postgres
 from clerk_sync.storage.postgres import connect, describe_dsn
 
@@ -54,6 +59,29 @@ def settings_or_exit(**flags: object) -> Settings:
         fail(str(exc), 2)
 
 
+DIRECT_CONNECTION = "the connection string from Supabase Dashboard → Connect"
+
+
+def rest_mode_or_exit(settings: Settings) -> bool:
+    """Whether to serve through Supabase's REST API; stops when only half of it is set."""
+    if settings.database_url:
+        return False
+    if settings.supabase_url and not settings.supabase_service_role_key:
+        fail(
+            "SUPABASE_SERVICE_ROLE_KEY: not set; REST mode needs it with SUPABASE_URL (the "
+            "service_role or sb_secret_… key from Supabase Dashboard → Project Settings → API "
+            "Keys), or set DATABASE_URL instead",
+            2,
+        )
+    if settings.supabase_service_role_key and not settings.supabase_url:
+        fail(
+            "SUPABASE_URL: not set; REST mode needs it with SUPABASE_SERVICE_ROLE_KEY "
+            "(https://<project-ref>.supabase.co), or set DATABASE_URL instead",
+            2,
+        )
+    return settings.rest_mode
+
+
 @contextmanager
 def database(settings: Settings) -> Iterator[str]:
     """The DSN to use: DATABASE_URL, else an embedded server in the data directory."""
@@ -62,8 +90,8 @@ def database(settings: Settings) -> Iterator[str]:
         return
     if settings.supabase_url or settings.supabase_service_role_key:
         fail(
-            "SUPABASE_URL: REST mode is not available in this version; set DATABASE_URL to your "
-            "Supabase connection string (Project Settings → Database)",
+            "DATABASE_URL: not set; this command needs a direct database connection (REST mode, "
+            f"SUPABASE_URL, only serves webhooks): set DATABASE_URL to {DIRECT_CONNECTION}",
             2,
         )
     try:
@@ -73,31 +101,115 @@ def database(settings: Settings) -> Iterator[str]:
         fail(str(exc))
 
 
-async def _migrate(settings: Settings, dsn: str) -> list[migrations.Migration]:
+async def _migrate(settings: Settings, dsn: str) -> tuple[list[migrations.Migration], list[str]]:
+    """The migrations applied, and what they said (a skipped step says so in a notice)."""
     conn = await connect(dsn, settings.prepared_statements)
+    said: list[str] = []
+
+    def listen(conn: object, message: asyncpg.PostgresLogMessage) -> None:
+        if str(message.message).startswith("clerk-sync: "):
+            said.append(str(message.message))
+
+    conn.add_log_listener(listen)
     try:
-        return await migrations.migrate(conn)
+        return await migrations.migrate(conn), said
     finally:
         await conn.close()
 
 
 def run_migrations(settings: Settings, dsn: str) -> None:
     try:
-        applied = asyncio.run(_migrate(settings, dsn))
+        applied, said = asyncio.run(_migrate(settings, dsn))
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = getattr(exc, "hint", None)
+        if hint:
+            reason += f". {hint}"
         fail(f"cannot migrate the database at {describe_dsn(dsn)}: {reason} (check DATABASE_URL)")
     if applied:
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
         typer.echo(f"clerk-sync: applied migrations {names}", err=True)
+        for line in said:
+            typer.echo(line, err=True)
     else:
         typer.echo(
             f"clerk-sync: schema is current (version {migrations.latest_version()})", err=True
         )
 
 
+def check_rest_schema(settings: Settings) -> None:
+    """REST mode cannot migrate: at start, stop with how to create the schema if it is not there
+    (or if Supabase refuses the key)."""
+
+    async def not_ready_reason() -> str | None:
+        store = await open_store(settings)
+        try:
+            return await store.not_ready_reason()
+        finally:
+            await store.close()
+
+    reason = asyncio.run(not_ready_reason())
+    if reason:
+        fail(reason)
+
+
+class LogLevel(enum.StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+# Deliveries in flight get this long to finish at shutdown: more than a delivery's database
+# deadline (CLERK_SYNC_DB_TIMEOUT), less than the 30 s most orchestrators wait before SIGKILL.
+SHUTDOWN_GRACE_SECONDS = 12
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def run_server(
+    settings: Settings,
+    dsn: str | None,
+    where: str,
+    forwarded_allow_ips: str | None,
+    log_level: str,
+) -> None:
+    import uvicorn
+
+    from clerk_sync.app import create_app_from_settings, start_draining
+
+    base = f"http://{settings.host}:{settings.port}"
+    typer.echo(
+        f"clerk-sync: writing to {where}; webhook endpoint {base}/api/webhooks/clerk\n"
+        f"clerk-sync: try it: clerk-sync send-test user.created --url {base}/api/webhooks/clerk",
+        err=True,
+    )
+    app = create_app_from_settings(settings, dsn)
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM or Ctrl+C: /readyz turns 503 at once, no new connections are taken, and
+        deliveries in flight finish (within the grace period) before the database closes."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            start_draining(app)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=log_level.lower(),
+        access_log=False,
+        forwarded_allow_ips=forwarded_allow_ips,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
+    # uvicorn re-raises SIGTERM once it has shut down; ending the process there would skip
+    # stopping the embedded database. Make it end this block like Ctrl+C does instead.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    DrainingServer(config).run()
 
 
 @cli.command()
@@ -120,7 +232,9 @@ def serve(
         str | None,
         typer.Option(help="Proxies whose X-Forwarded-For is trusted (comma-separated IPs)"),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="How much to log")
+    ] = LogLevel.info,
 ) -> None:
     """Run the webhook server (POST /api/webhooks/clerk)."""
     settings = settings_or_exit(
@@ -140,43 +254,33 @@ def serve(
             err=True,
         )
 
-    import uvicorn
-
-    from clerk_sync.app import create_app_from_settings
-
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    rest_mode = rest_mode_or_exit(settings)
+    logs.configure(log_level.value)
+    # REST mode's calls to Supabase: each delivery is logged once already, by the receiver.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
+    if rest_mode:
+        check_rest_schema(settings)
+        where = f"Supabase's REST API at {urlsplit(settings.supabase_url or '').hostname}"
+        run_server(settings, None, where, forwarded_allow_ips, log_level.value)
+        return
     with database(settings) as dsn:
         if not no_migrate:
             run_migrations(settings, dsn)
         where = "embedded PostgreSQL" if not settings.database_url else describe_dsn(dsn)
-        base = f"http://{settings.host}:{settings.port}"
-        typer.echo(
-            f"clerk-sync: writing to {where}; webhook endpoint {base}/api/webhooks/clerk\n"
-            f"clerk-sync: try it: clerk-sync send-test user.created --url {base}/api/webhooks/clerk",
-            err=True,
-        )
-        app = create_app_from_settings(settings, dsn)
-        # uvicorn re-raises SIGTERM once it has shut down; ending the process there would skip
-        # stopping the embedded database. Make it end this block like Ctrl+C does instead.
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            log_level=log_level.lower(),
-            access_log=False,
-            forwarded_allow_ips=forwarded_allow_ips,
-            timeout_graceful_shutdown=10,
-        )
+        run_server(settings, dsn, where, forwarded_allow_ips, log_level.value)
 
 
 @cli.command()
 def migrate(database_url: DatabaseUrlOption = None, data_dir: DataDirOption = None) -> None:
     """Create or upgrade the schema (idempotent; safe while other replicas run it)."""
     settings = settings_or_exit(database_url=database_url, data_dir=data_dir)
+    if not settings.database_url and (settings.supabase_url or settings.supabase_service_role_key):
+        fail(
+            "DATABASE_URL: not set; `migrate` needs a direct database connection, which REST "
+            f"mode (SUPABASE_URL) cannot give: set DATABASE_URL to {DIRECT_CONNECTION}, or "
+            "save `clerk-sync schema` as a migration and apply it with `supabase db push`",
+            2,
+        )
     with database(settings) as dsn:
         run_migrations(settings, dsn)
 
@@ -276,6 +380,35 @@ def send_test(
 
 
 @cli.command()
+def doctor(
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Also probe the deployed endpoint, e.g. https://example.com/api/webhooks/clerk"
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.5, max=60, help="Seconds to wait for the database")
+    ] = 5.0,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Check secrets, keys, database and endpoint, and say what is wrong in plain words.
+
+    Exit status 0 when every check passes, 1 otherwise.
+    """
+    import os
+
+    from clerk_sync import doctor as checkup
+
+    findings = checkup.run(
+        os.environ, database_url=database_url, data_dir=data_dir, url=url, timeout=timeout
+    )
+    typer.echo(checkup.render(findings, tty=sys.stdout.isatty()), nl=False)
+    raise typer.Exit(0 if checkup.passed(findings) else 1)
+
+
+@cli.command()
 def backfill(
     dry_run: Annotated[
         bool,
@@ -344,6 +477,246 @@ def backfill(
     if result.exit_status == backfilling.FAILED:
         fail(f"{result.tally.errors} users could not be written (see the lines above)")
     raise typer.Exit(result.exit_status)
+
+
+# --- dead letters, replay and retention --------------------------------------------------------
+
+_DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class _InboxError(Exception):
+    """The inbox cannot be used as asked; the message is one line a user can act on."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+async def _inbox_connection(settings: Settings, dsn: str, version: int) -> asyncpg.Connection:
+    """A connection to a database whose schema is at least `version`."""
+    conn = await connect(dsn, settings.prepared_statements)
+    try:
+        found = await migrations.current_version(conn)
+    except BaseException:
+        await conn.close()
+        raise
+    if found < version:
+        await conn.close()
+        raise _InboxError(
+            f"the database at {describe_dsn(dsn)} is at schema version {found}, this needs "
+            f"{version}: run `clerk-sync migrate`"
+        )
+    return conn
+
+
+_T = TypeVar("_T")
+
+
+def _run_on_inbox(
+    settings: Settings, work: Callable[[str], Coroutine[object, object, _T]], what: str
+) -> _T:
+    """Run `work(dsn)` on the configured database, ending any failure in one line."""
+    with database(settings) as dsn:
+        try:
+            return asyncio.run(work(dsn))
+        except _InboxError as exc:
+            fail(str(exc))
+        except _DATABASE_ERRORS as exc:
+            fail(f"cannot {what} at {describe_dsn(dsn)}: {_one_line(exc)}")
+
+
+def _time_or_exit(option: str, text: str | None) -> dt.datetime | None:
+    from clerk_sync.inbox import BadTime, parse_time
+
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except BadTime as exc:
+        fail(f"{option}: {exc}", 2)
+
+
+@cli.command()
+def replay(
+    svix_id: Annotated[
+        list[str] | None,
+        typer.Option("--svix-id", help="Replay this delivery (repeat for several)"),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Replay deliveries received since: ISO time (UTC) or ago (2h, 3d)"),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="…and before this time: ISO time (UTC) or ago (2h, 3d)")
+    ] = None,
+    dead_letters: Annotated[
+        bool, typer.Option("--dead-letters", help="Replay every dead letter (outcome invalid)")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what each replay would do; write nothing")
+    ] = False,
+    delete_mode: Annotated[
+        str | None,
+        typer.Option(help="soft: keep the row, set deleted_at; hard: remove the row"),
+    ] = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Apply stored deliveries again through the write path: by svix-id, by time, or dead letters.
+
+    Exit status: 0 all replayed (stale counts: the database already holds newer), 1 some could
+    not be applied (still invalid, or no such svix-id), 2 bad usage.
+    """
+    from clerk_sync import replay as replaying
+
+    chosen = [bool(svix_id), since is not None or until is not None, dead_letters]
+    if sum(chosen) != 1:
+        fail("choose exactly one of --svix-id, --since/--until, or --dead-letters", 2)
+    start, end = _time_or_exit("--since", since), _time_or_exit("--until", until)
+    if start and end and start >= end:
+        fail("--since: must be before --until", 2)
+    settings = settings_or_exit(
+        delete_mode=delete_mode, database_url=database_url, data_dir=data_dir
+    )
+
+    async def go(dsn: str) -> replaying.ReplaySummary:
+        conn = await _inbox_connection(settings, dsn, replaying.REPLAY_SCHEMA_VERSION)
+        try:
+            if svix_id:
+                ids = list(dict.fromkeys(svix_id))
+            elif dead_letters:
+                ids = await replaying.select_dead_letters(conn)
+            else:
+                ids = await replaying.select_range(conn, start, end)
+            summary = replaying.ReplaySummary(dry_run)
+            async for result in replaying.replay(
+                conn, ids, delete_mode=settings.delete_mode, dry_run=dry_run
+            ):
+                typer.echo(result.line())
+                summary.add(result)
+            return summary
+        finally:
+            await conn.close()
+
+    summary: replaying.ReplaySummary = _run_on_inbox(settings, go, "replay")
+    typer.echo(summary.text())
+    if summary.failed:
+        fail(f"{summary.failed} events could not be applied (see the lines above)")
+
+
+@cli.command()
+def events(
+    limit: Annotated[int, typer.Option(min=1, help="How many deliveries to show")] = 50,
+    outcome: Annotated[
+        str | None, typer.Option(help="Only this outcome: applied, stale, ignored, invalid")
+    ] = None,
+    event_type: Annotated[
+        str | None, typer.Option("--type", help="Only this event type, e.g. user.updated")
+    ] = None,
+    user_id: Annotated[str | None, typer.Option(help="Only this user's deliveries")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only since: ISO time (UTC) or ago (2h, 3d)")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON lines (the default when not on a terminal)")
+    ] = False,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """List recent deliveries, newest first: time, svix-id, type, user, outcome, error.
+
+    Payloads are never shown (they hold private metadata and email addresses).
+    """
+    from clerk_sync import inbox
+
+    if outcome is not None and outcome not in inbox.OUTCOMES:
+        fail(f"--outcome: {outcome!r} is not one of {', '.join(inbox.OUTCOMES)}", 2)
+    start = _time_or_exit("--since", since)
+    settings = settings_or_exit(database_url=database_url, data_dir=data_dir)
+
+    async def go(dsn: str) -> list[inbox.Delivery]:
+        conn = await _inbox_connection(settings, dsn, 1)
+        try:
+            return await inbox.list_deliveries(
+                conn,
+                limit=limit,
+                outcome=outcome,
+                event_type=event_type,
+                user_id=user_id,
+                since=start,
+            )
+        finally:
+            await conn.close()
+
+    deliveries: list[inbox.Delivery] = _run_on_inbox(settings, go, "read the inbox")
+    if as_json or not sys.stdout.isatty():
+        for delivery in deliveries:
+            sys.stdout.write(delivery.json_line() + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("received_at (UTC)", "svix_id", "type", "user_id", "outcome", "error")
+    for column in table.columns[:5]:
+        column.no_wrap = True
+    for d in deliveries:
+        table.add_row(
+            f"{d.received_at.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}",
+            d.svix_id,
+            d.type or "-",
+            d.user_id or "-",
+            d.outcome,
+            d.error or "",
+        )
+    Console().print(table if deliveries else "no deliveries", markup=False, highlight=False)
+
+
+@cli.command()
+def purge(
+    older_than: Annotated[
+        str | None,
+        typer.Option(help="Age of the rows to delete, e.g. 30d [env: CLERK_SYNC_RETENTION_DAYS]"),
+    ] = None,
+    dead_letters: Annotated[
+        bool, typer.Option("--dead-letters", help="Delete old dead letters too")
+    ] = False,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Delete inbox rows older than the retention period (the server also does it hourly).
+
+    Dead letters are kept unless --dead-letters. Never under 2 days: Svix retries for ~27 h.
+    """
+    from clerk_sync import retention
+    from clerk_sync.inbox import BadTime, parse_duration
+
+    settings = settings_or_exit(database_url=database_url, data_dir=data_dir)
+    try:
+        period = retention.retention_period(
+            parse_duration(older_than)
+            if older_than is not None
+            else dt.timedelta(days=settings.retention_days)
+        )
+    except (BadTime, retention.RetentionTooShort) as exc:
+        fail(f"--older-than: {exc}", 2)
+
+    async def go(dsn: str) -> int:
+        conn = await _inbox_connection(settings, dsn, retention.RETENTION_SCHEMA_VERSION)
+        try:
+            return await retention.purge_expired(conn, period, dead_letters=dead_letters)
+        finally:
+            await conn.close()
+
+    deleted: int = _run_on_inbox(settings, go, "purge the inbox")
+    kept = "" if dead_letters else "; dead letters kept (--dead-letters to purge them too)"
+    typer.echo(f"purged {deleted} inbox rows older than {_describe_period(period)}{kept}")
+
+
+def _describe_period(period: dt.timedelta) -> str:
+    if period % dt.timedelta(days=1):
+        hours = period / dt.timedelta(hours=1)
+        return f"{hours:g} hours"
+    return f"{period.days} days"
 
 
 def main() -> None:

@@ -13,11 +13,14 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
+if TYPE_CHECKING:
+    # Only for annotations: REST mode reads `latest_version` without loading a database driver.
+    import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
 
-Connection = asyncpg.Connection | PoolConnectionProxy
+    Connection = asyncpg.Connection | PoolConnectionProxy
 
 MIGRATION_LOCK = "select pg_catalog.pg_advisory_xact_lock(1668049780, 0)"
 

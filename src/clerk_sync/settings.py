@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +22,9 @@ SECRET_PREFIX = "whsec_"
 CLERK_SECRET_KEY_PREFIX = "sk_"
 DEFAULT_CLERK_API_URL = "https://api.clerk.com/v1"
 DEFAULT_DATA_DIR = Path(".clerk-sync")
+SUPABASE_SECRET_KEY_PREFIX = "sb_secret_"
+SUPABASE_PUBLISHABLE_KEY_PREFIX = "sb_publishable_"
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class ConfigError(Exception):
@@ -42,6 +47,27 @@ def decode_signing_secret(secret: str) -> bytes:
     if len(key) < 16:
         raise ValueError("the secret is too short to be a Svix signing secret")
     return key
+
+
+def supabase_key_role(key: str) -> str:
+    """The database role a Supabase API key acts as: `service_role` for a secret key
+    (`sb_secret_…`), `anon` for a publishable one, else the legacy JWT's `role` claim (the
+    signature is Supabase's to check). ValueError when the key is neither."""
+    if key.startswith(SUPABASE_SECRET_KEY_PREFIX):
+        return "service_role"
+    if key.startswith(SUPABASE_PUBLISHABLE_KEY_PREFIX):
+        return "anon"
+    parts = key.split(".")
+    if len(parts) != 3:
+        raise ValueError("not a Supabase API key")
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        raise ValueError("not a Supabase API key") from None
+    role = claims.get("role") if isinstance(claims, dict) else None
+    if not isinstance(role, str):
+        raise ValueError("not a Supabase API key")
+    return role
 
 
 def split_secrets(value: str) -> list[str]:
@@ -80,9 +106,9 @@ class Settings(BaseSettings):
     failed_verification_limit: int = Field(
         default=20, ge=1, validation_alias="CLERK_SYNC_FAILED_VERIFICATION_LIMIT"
     )
-    # Svix waits 15 s for an answer: waiting for a pool connection and running the write each
-    # get at most this long, so a slow or dead database is answered 503 well inside that.
-    db_timeout: float = Field(default=5.0, gt=0, le=7, validation_alias="CLERK_SYNC_DB_TIMEOUT")
+    # Svix waits 15 s for an answer: a delivery waits at most this long for the database, pool
+    # and write together, so a slow or dead database is answered 503 well inside that.
+    db_timeout: float = Field(default=5.0, gt=0, le=10, validation_alias="CLERK_SYNC_DB_TIMEOUT")
     pool_size: int = Field(default=10, ge=1, le=200, validation_alias="CLERK_SYNC_POOL_SIZE")
     prepared_statements: Literal["auto", "on", "off"] = Field(
         default="auto", validation_alias="CLERK_SYNC_PREPARED_STATEMENTS"
@@ -90,6 +116,9 @@ class Settings(BaseSettings):
     # For `backfill`: the Backend API secret key and where the API is (tests use a stand-in).
     clerk_secret_key: str | None = Field(default=None, validation_alias="CLERK_SECRET_KEY")
     clerk_api_url: str = Field(default=DEFAULT_CLERK_API_URL, validation_alias="CLERK_API_URL")
+    # Inbox rows (the dedupe record) are purged after this many days; never under 2, since
+    # dedupe must outlast Svix's ~27 h of retries. Dead letters are kept until replayed.
+    retention_days: int = Field(default=30, ge=2, validation_alias="CLERK_SYNC_RETENTION_DAYS")
 
     @field_validator("webhook_secret")
     @classmethod
@@ -105,11 +134,63 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
+        expected = "expected a postgresql://user:password@host:port/dbname connection string"
         if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(expected)
+        try:
+            parts = urlsplit(value.strip())
+            port = parts.port
+        except ValueError:
+            # Never echo the value: the usual cause is a password with '#', '/' or '@' in it.
             raise ValueError(
-                "expected a postgresql://user:password@host:port/dbname connection string"
-            )
+                f"{expected}; its port is not a number (percent-encode special characters "
+                "in the password, e.g. '#' as %23)"
+            ) from None
+        if not (parts.hostname or "host=" in parts.query) or port == 0:
+            raise ValueError(f"{expected}; it names no host")
         return value.strip()
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _check_supabase_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        expected = "expected the project URL, such as https://<project-ref>.supabase.co"
+        try:
+            parts = urlsplit(value.strip())
+            host, _ = parts.hostname, parts.port
+        except ValueError:
+            raise ValueError(expected) from None
+        if not host or parts.scheme not in ("https", "http") or parts.query or parts.fragment:
+            raise ValueError(expected)
+        if parts.scheme == "http" and host not in LOCAL_HOSTS:
+            raise ValueError(f"{expected}: https is required (plain http only for localhost)")
+        # The REST API's own path, pasted from the dashboard, is the same project.
+        path = parts.path.rstrip("/").removesuffix("/rest/v1")
+        return f"{parts.scheme}://{parts.netloc}{path}"
+
+    @field_validator("supabase_service_role_key")
+    @classmethod
+    def _check_supabase_key(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        where = "Supabase Dashboard → Project Settings → API Keys"
+        try:
+            role = supabase_key_role(value)
+        except ValueError:
+            raise ValueError(
+                f"expected the service_role key (eyJ…) or a secret key (sb_secret_…) from {where}"
+            ) from None
+        if role != "service_role":
+            # Never echo the key: name what kind of key it is instead.
+            kind = {"anon": "the anon (publishable) key", "authenticated": "a user's token"}
+            raise ValueError(
+                f"this is {kind.get(role, 'not a service-role key')}, which row-level security "
+                f"stops from writing; use the service_role key or a secret key (sb_secret_…) "
+                f"from {where}"
+            )
+        return value
 
     @field_validator("clerk_secret_key")
     @classmethod
@@ -132,6 +213,11 @@ class Settings(BaseSettings):
         if not value.startswith(("https://", "http://")):
             raise ValueError("expected an http(s):// URL such as https://api.clerk.com/v1")
         return value.rstrip("/")
+
+    @property
+    def rest_mode(self) -> bool:
+        """Writes go through Supabase's REST API: SUPABASE_URL and its key set, DATABASE_URL not."""
+        return not self.database_url and bool(self.supabase_url and self.supabase_service_role_key)
 
     @property
     def signing_secrets(self) -> list[str]:
@@ -159,6 +245,7 @@ _VARIABLES = {
     "prepared_statements": "CLERK_SYNC_PREPARED_STATEMENTS",
     "clerk_secret_key": "CLERK_SECRET_KEY",
     "clerk_api_url": "CLERK_API_URL",
+    "retention_days": "CLERK_SYNC_RETENTION_DAYS",
 }
 
 

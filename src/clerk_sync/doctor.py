@@ -1,0 +1,756 @@
+"""`clerk-sync doctor`: what is wrong with a setup, found before Clerk's deliveries find it.
+
+Each check gives one `Finding`: a status and one plain sentence. The configuration is read the
+way `Settings` reads it (flags, then the environment, then `.env`), but from the raw values, so
+that a malformed secret is explained instead of stopping the command. No check prints more of a
+secret or key than its first 8 characters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+from dotenv import dotenv_values
+
+from clerk_sync import migrations
+from clerk_sync.app import WEBHOOK_PATH
+from clerk_sync.datadir import DEV_SECRET_FILE, pgdata_path
+from clerk_sync.settings import DEFAULT_DATA_DIR, SECRET_PREFIX, split_secrets
+from clerk_sync.storage.postgres import connect, describe_dsn, uses_transaction_pooler
+
+SECRET_VARIABLES = ("CLERK_WEBHOOK_SECRET", "CLERK_WEBHOOK_SIGNING_SECRET")
+# Standard Webhooks: "Random. Between 24 bytes (192 bits) and 64 bytes"; Svix's are 24 or 32.
+SVIX_KEY_BYTES = range(24, 65)
+# Below this `Settings` refuses the secret, so `serve` would not start.
+MIN_KEY_BYTES = 16
+SUPABASE_ROLES = ("anon", "authenticated", "service_role")
+SHOWN_CHARACTERS = 8
+
+
+class Status(StrEnum):
+    OK = "ok"
+    WARN = "warn"  # works, but worth knowing; does not fail the run
+    FAIL = "fail"
+    SKIP = "skip"  # not checked, and why
+
+
+@dataclass(frozen=True)
+class Finding:
+    status: Status
+    topic: str
+    message: str
+
+
+def ok(topic: str, message: str) -> Finding:
+    return Finding(Status.OK, topic, message)
+
+
+def warn(topic: str, message: str) -> Finding:
+    return Finding(Status.WARN, topic, message)
+
+
+def fail(topic: str, message: str) -> Finding:
+    return Finding(Status.FAIL, topic, message)
+
+
+def skip(topic: str, message: str) -> Finding:
+    return Finding(Status.SKIP, topic, message)
+
+
+def shown(value: str) -> str:
+    """The most of a secret that may be printed: its first 8 characters, and never all of it."""
+    return value[: min(SHOWN_CHARACTERS, len(value) // 2)] + "…"
+
+
+# --- where settings come from -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Supplied:
+    variable: str
+    source: str  # "environment", ".env" or "flag"
+    value: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.variable} ({self.source})"
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The environment and the `.env` file, looked up the way pydantic-settings does."""
+
+    environ: Mapping[str, str]
+    dotenv: Mapping[str, str]
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str], dotenv_path: Path = Path(".env")) -> Sources:
+        dotenv = {}
+        if dotenv_path.is_file():
+            dotenv = {k.upper(): v for k, v in dotenv_values(dotenv_path).items() if v is not None}
+        return cls({k.upper(): v for k, v in environ.items()}, dotenv)
+
+    def lookup(self, *variables: str) -> Supplied | None:
+        """The value in force: the environment beats `.env`; within one, the first name wins."""
+        for source, values in (("environment", self.environ), (".env", self.dotenv)):
+            for variable in variables:
+                if variable in values:
+                    return Supplied(variable, source, values[variable])
+        return None
+
+    def every(self, *variables: str) -> list[Supplied]:
+        """Every place any of `variables` is set, in the order `lookup` considers them."""
+        found = []
+        for source, values in (("environment", self.environ), (".env", self.dotenv)):
+            for variable in variables:
+                if variable in values:
+                    found.append(Supplied(variable, source, values[variable]))
+        return found
+
+
+def _quoted(value: str) -> bool:
+    value = value.strip()
+    return len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'"
+
+
+# --- signing secrets ----------------------------------------------------------------------------
+
+
+def check_signing_secrets(sources: Sources, data_dir: Path = DEFAULT_DATA_DIR) -> list[Finding]:
+    topic = "signing secret"
+    supplied = sources.lookup(*SECRET_VARIABLES)
+    if supplied is None or not supplied.value.strip():
+        hint = ""
+        if (data_dir / DEV_SECRET_FILE).is_file():
+            hint = f" (only `serve --dev` runs without one: it uses {data_dir / DEV_SECRET_FILE})"
+        if supplied is not None:
+            return [
+                fail(
+                    topic,
+                    f"{supplied.where} is set but empty; paste the endpoint's Signing Secret "
+                    f"(whsec_…) from Clerk Dashboard → Webhooks{hint}",
+                )
+            ]
+        return [
+            fail(
+                topic,
+                "not set; set CLERK_WEBHOOK_SECRET to the endpoint's Signing Secret (whsec_…) "
+                f"from Clerk Dashboard → Webhooks → your endpoint{hint}",
+            )
+        ]
+
+    findings: list[Finding] = []
+    others = [
+        s
+        for s in sources.every(*SECRET_VARIABLES)
+        if s != supplied
+        and s.value.strip()
+        and split_secrets(s.value) != split_secrets(supplied.value)
+    ]
+    for other in others:
+        if other.variable == supplied.variable:
+            findings.append(
+                warn(
+                    topic,
+                    f"{supplied.where} overrides a different {other.where}: the environment "
+                    "wins over .env",
+                )
+            )
+            continue
+        findings.append(
+            fail(
+                topic,
+                f"{supplied.where} and {other.where} are both set and differ; clerk-sync uses "
+                f"{supplied.where} and ignores the other: remove one (during a rotation, put both "
+                "secrets in one variable, separated by a space)",
+            )
+        )
+
+    value = supplied.value
+    if _quoted(value):
+        return [
+            *findings,
+            fail(
+                topic,
+                f"{supplied.where} is wrapped in quotes, which become part of the value: "
+                "remove them",
+            ),
+        ]
+    if value != value.strip():
+        findings.append(
+            warn(
+                topic,
+                f"{supplied.where} has leading or trailing whitespace (a pasted newline?); "
+                "clerk-sync trims it, other tools may not",
+            )
+        )
+
+    secrets = split_secrets(value)
+    for number, secret in enumerate(secrets, 1):
+        label = f"{supplied.where}" + (
+            f", secret {number} of {len(secrets)}" if len(secrets) > 1 else ""
+        )
+        findings.append(_check_one_secret(topic, label, secret))
+    return findings
+
+
+def _check_one_secret(topic: str, label: str, secret: str) -> Finding:
+    if not secret.startswith(SECRET_PREFIX):
+        return fail(
+            topic,
+            f"{label}: {shown(secret)} does not start with 'whsec_'; copy the Signing Secret "
+            "from Clerk Dashboard → Webhooks → your endpoint (not an API key)",
+        )
+    encoded = secret[len(SECRET_PREFIX) :]
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return fail(
+            topic,
+            f"{label}: the part after 'whsec_' is not valid base64 (a character lost or added "
+            "when copying?)",
+        )
+    if len(key) < MIN_KEY_BYTES:
+        return fail(
+            topic,
+            f"{label}: {shown(secret)} decodes to {len(key)} bytes, too short for a Svix signing "
+            "secret (24 to 64 bytes); it was probably cut off when copying",
+        )
+    if len(key) not in SVIX_KEY_BYTES:
+        side = "shorter" if len(key) < SVIX_KEY_BYTES.start else "longer"
+        return warn(
+            topic,
+            f"{label}: {shown(secret)} decodes to {len(key)} bytes, {side} than Svix's secrets "
+            "(24 to 64 bytes); check it is the whole Signing Secret",
+        )
+    return ok(topic, f"{label}: {shown(secret)}, a {len(key)}-byte Svix signing secret")
+
+
+# --- the Supabase key ---------------------------------------------------------------------------
+
+
+def _jwt_claims(token: str) -> dict[str, Any] | None:
+    """The payload of a JWT, unverified (we only read which key it is), or None."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = json.loads(payload)
+    except (binascii.Error, ValueError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def _project_ref(supabase_url: str) -> str | None:
+    host = urlsplit(supabase_url.strip()).hostname or ""
+    return host.removesuffix(".supabase.co") if host.endswith(".supabase.co") else None
+
+
+def check_supabase_key(sources: Sources, *, direct: bool) -> list[Finding]:
+    """The key in SUPABASE_SERVICE_ROLE_KEY must be the service-role or a secret key."""
+    topic = "Supabase key"
+    key_var = sources.lookup("SUPABASE_SERVICE_ROLE_KEY")
+    url_var = sources.lookup("SUPABASE_URL")
+    key = key_var.value.strip() if key_var else ""
+    url = url_var.value.strip() if url_var else ""
+    if not key:
+        if url and not direct:
+            return [
+                fail(
+                    topic,
+                    "SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY is not: REST mode needs "
+                    "both (the secret key from Project Settings → API Keys)",
+                )
+            ]
+        return []
+    assert key_var is not None
+    findings: list[Finding] = []
+    if not url and not direct:
+        findings.append(
+            fail(
+                topic,
+                "SUPABASE_SERVICE_ROLE_KEY is set but SUPABASE_URL is not: REST mode needs both "
+                "(https://<project-ref>.supabase.co)",
+            )
+        )
+    where = key_var.where
+    if _quoted(key):
+        return [*findings, fail(topic, f"{where} is wrapped in quotes: remove them")]
+    if key.startswith("sb_secret_"):
+        return [*findings, ok(topic, f"{where}: {shown(key)}, a secret key (acts as service_role)")]
+    if key.startswith("sb_publishable_"):
+        return [
+            *findings,
+            fail(
+                topic,
+                f"{where}: {shown(key)} is the publishable key, meant for browsers: RLS blocks its "
+                "writes; use a secret key (sb_secret_…) from Project Settings → API Keys",
+            ),
+        ]
+    claims = _jwt_claims(key) if key.startswith("eyJ") else None
+    if claims is None:
+        return [
+            *findings,
+            fail(
+                topic,
+                f"{where}: {shown(key)} is not a Supabase key clerk-sync recognises (a service_role "
+                "JWT eyJ… or a secret key sb_secret_…)",
+            ),
+        ]
+    role = claims.get("role")
+    if role == "anon":
+        return [
+            *findings,
+            fail(
+                topic,
+                f"{where}: {shown(key)} is the public anon key (role 'anon'): RLS will block "
+                "writes; use the service_role key (Project Settings → API Keys → Legacy)",
+            ),
+        ]
+    if role != "service_role":
+        return [
+            *findings,
+            fail(
+                topic,
+                f"{where}: {shown(key)} is a JWT with role {role!r}, not 'service_role'",
+            ),
+        ]
+    expires = claims.get("exp")
+    if isinstance(expires, int | float) and expires < time.time():
+        return [*findings, fail(topic, f"{where}: {shown(key)} has expired")]
+    key_ref, url_ref = claims.get("ref"), _project_ref(url) if url else None
+    if isinstance(key_ref, str) and url_ref and key_ref != url_ref:
+        return [
+            *findings,
+            fail(
+                topic,
+                f"{where} belongs to project {key_ref!r}, but SUPABASE_URL points at {url_ref!r}",
+            ),
+        ]
+    return [*findings, ok(topic, f"{where}: {shown(key)}, a service_role JWT")]
+
+
+# --- the database -------------------------------------------------------------------------------
+
+# Supabase, as the migration recognises it: its three roles, and auth.jwt() in this database.
+SUPABASE_SQL = """
+select (select count(*) from pg_catalog.pg_roles where rolname = any($1::text[])) = $2
+   and pg_catalog.to_regprocedure('auth.jwt()') is not null
+"""
+
+RLS_SQL = """
+select c.relrowsecurity from pg_catalog.pg_class c
+where c.oid = pg_catalog.to_regclass('public.users')
+"""
+
+# Policies on public.users that let anyone but the service role write (polroles 0 = PUBLIC).
+WRITE_POLICIES_SQL = """
+select p.polname from pg_catalog.pg_policy p
+where p.polrelid = pg_catalog.to_regclass('public.users')
+  and p.polcmd <> 'r'
+  and (0 = any(p.polroles) or exists (
+        select 1 from pg_catalog.pg_roles r
+        where r.oid = any(p.polroles) and r.rolname in ('anon', 'authenticated')))
+order by 1
+"""
+
+# Who may execute clerk-sync's functions in schema public. A function without an ACL is
+# executable by PUBLIC (PostgreSQL's default).
+FUNCTION_GRANTS_SQL = """
+select 'public.' || p.proname as function,
+       pg_catalog.has_function_privilege('anon', p.oid, 'EXECUTE') as anon,
+       pg_catalog.has_function_privilege('authenticated', p.oid, 'EXECUTE') as authenticated,
+       (p.proacl is null or exists (
+           select 1 from pg_catalog.aclexplode(p.proacl) a
+           where a.grantee = 0 and a.privilege_type = 'EXECUTE')) as public
+from pg_catalog.pg_proc p
+where p.pronamespace = 'public'::regnamespace and p.proname like 'clerk\\_sync\\_%'
+order by 1
+"""
+
+SCHEMA_USAGE_SQL = """
+select r.rolname from pg_catalog.pg_roles r
+where r.rolname in ('anon', 'authenticated')
+  and pg_catalog.has_schema_privilege(r.rolname, 'clerk_sync', 'USAGE')
+order by 1
+"""
+
+
+def _reason(exc: BaseException, timeout: float) -> str:
+    """One line saying why a connection failed."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s (firewall, wrong host, or IPv6-only host?)"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens on that host and port)"
+    if isinstance(exc, socket.gaierror):
+        return "host name not found"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text or type(exc).__name__
+
+
+async def check_database(dsn: str, *, described: str, timeout: float = 5.0) -> list[Finding]:
+    """Reachable, migrated, and, on Supabase, locked down as the migration leaves it."""
+    where = f"{describe_dsn(dsn)}, from {described}"
+    findings: list[Finding] = []
+    try:
+        async with asyncio.timeout(timeout):
+            conn = await connect(dsn, timeout=timeout)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return [fail("database", f"cannot connect to {where}: {_reason(exc, timeout)}")]
+    try:
+        async with asyncio.timeout(timeout * 2):
+            findings.append(ok("database", f"connected to {where}"))
+            if uses_transaction_pooler(dsn):
+                findings.append(
+                    ok(
+                        "database",
+                        "port 6543 is Supabase's transaction pooler: prepared statements are off",
+                    )
+                )
+            findings.extend(await _check_schema(conn))
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        findings.append(fail("database", f"checking {where} failed: {_reason(exc, timeout)}"))
+    finally:
+        try:
+            await asyncio.wait_for(conn.close(), timeout)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            conn.terminate()
+    return findings
+
+
+async def _check_schema(conn: asyncpg.Connection) -> list[Finding]:
+    version = await migrations.current_version(conn)
+    latest = migrations.latest_version()
+    if version < latest:
+        return [
+            fail(
+                "schema",
+                f"at version {version}, this clerk-sync needs {latest}: run `clerk-sync migrate` "
+                "(or apply `clerk-sync schema` with `supabase db push`)",
+            ),
+            skip("RLS", "checked once the schema is current"),
+        ]
+    if version > latest:
+        found = [
+            fail(
+                "schema",
+                f"at version {version}, newer than this clerk-sync knows ({latest}): upgrade it",
+            )
+        ]
+    else:
+        found = [ok("schema", f"at version {version} (current)")]
+    if not await conn.fetchval(SUPABASE_SQL, list(SUPABASE_ROLES), len(SUPABASE_ROLES)):
+        found.append(
+            skip(
+                "RLS",
+                "not a Supabase database (no anon/authenticated/service_role roles and auth.jwt()):"
+                " RLS and grant checks skipped",
+            )
+        )
+        return found
+    return found + await _check_lockdown(conn)
+
+
+async def _check_lockdown(conn: asyncpg.Connection) -> list[Finding]:
+    """The Supabase lockdown: what the anon key (public) and signed-in users may not do."""
+    found: list[Finding] = []
+    if await conn.fetchval(RLS_SQL):
+        policies = [r["polname"] for r in await conn.fetch(WRITE_POLICIES_SQL)]
+        if policies:
+            found.append(
+                fail(
+                    "RLS",
+                    f"policies let anon or authenticated write public.users: {', '.join(policies)}",
+                )
+            )
+        else:
+            found.append(ok("RLS", "enabled on public.users; only the service role writes"))
+    else:
+        found.append(
+            fail(
+                "RLS",
+                "row-level security is off on public.users: anyone with the anon key can read "
+                "and change every user; run: alter table public.users enable row level security",
+            )
+        )
+
+    exposed = []
+    for row in await conn.fetch(FUNCTION_GRANTS_SQL):
+        who = [role for role in ("anon", "authenticated", "public") if row[role]]
+        if who:
+            exposed.append(f"{row['function']} to {'/'.join(who)}")
+    if exposed:
+        found.append(
+            fail(
+                "grants",
+                f"EXECUTE granted on {'; '.join(exposed)}: anyone with the anon key can forge "
+                "users; revoke execute on the function from public, anon, authenticated",
+            )
+        )
+    else:
+        found.append(
+            ok("grants", "clerk-sync's functions are not executable by anon or authenticated")
+        )
+
+    readers = [r["rolname"] for r in await conn.fetch(SCHEMA_USAGE_SQL)]
+    if readers:
+        found.append(
+            fail(
+                "grants",
+                f"{' and '.join(readers)} may use schema clerk_sync (raw payloads with private "
+                "metadata): revoke usage on schema clerk_sync from them",
+            )
+        )
+    else:
+        found.append(ok("grants", "schema clerk_sync is out of reach of anon and authenticated"))
+    return found
+
+
+# --- the deployed endpoint ----------------------------------------------------------------------
+
+PROBE_BODY = b'{"type": "clerk-sync.doctor", "object": "event", "data": {}}'
+
+
+def _is_clerk_sync_error(response: httpx.Response) -> bool:
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("error"), str)
+
+
+def _snippet(response: httpx.Response) -> str:
+    text = " ".join(response.text.split())
+    return text[:80] + ("…" if len(text) > 80 else "")
+
+
+def _healthz_url(url: str) -> str | None:
+    """{base}/healthz when `url` ends in clerk-sync's webhook path, else None."""
+    parts = urlsplit(url)
+    if not parts.path.rstrip("/").endswith(WEBHOOK_PATH):
+        return None
+    base = parts.path.rstrip("/").removesuffix(WEBHOOK_PATH)
+    return urlunsplit(parts._replace(path=base + "/healthz", query="", fragment=""))
+
+
+async def check_endpoint(url: str, *, timeout: float = 10.0) -> list[Finding]:
+    """POST an unsigned event: clerk-sync must be the one refusing it, and nothing redirect."""
+    topic = "endpoint"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [fail(topic, f"{url!r} is not an http(s):// URL")]
+    findings: list[Finding] = []
+    if parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+        findings.append(
+            warn(topic, f"{url} is plain http: use https:// for the endpoint in production")
+        )
+    async with httpx.AsyncClient(follow_redirects=False, timeout=timeout) as client:
+        try:
+            response = await client.post(
+                url, content=PROBE_BODY, headers={"content-type": "application/json"}
+            )
+        except httpx.TimeoutException:
+            return [*findings, fail(topic, f"{url} is unreachable: no answer within {timeout:g} s")]
+        except httpx.ConnectError as exc:
+            reason = f"cannot connect ({exc})" if str(exc) else "cannot connect"
+            return [*findings, fail(topic, f"{url} is unreachable: {reason}")]
+        except httpx.HTTPError as exc:
+            return [*findings, fail(topic, f"{url} failed: {exc or type(exc).__name__}")]
+        findings.append(_judge(url, response))
+        healthz = _healthz_url(url)
+        if healthz:
+            findings.append(await _check_healthz(client, healthz))
+    return findings
+
+
+def _judge(url: str, response: httpx.Response) -> Finding:
+    topic = "endpoint"
+    status = response.status_code
+    if response.is_redirect:
+        location = response.headers.get("location", "(no Location header)")
+        return fail(
+            topic,
+            f"{url} redirects ({status}) to {location}; Svix does not follow redirects: put the "
+            "final URL (often the www. one) in Clerk Dashboard → Webhooks",
+        )
+    clerk_sync = _is_clerk_sync_error(response)
+    if status in (400, 401) and clerk_sync:
+        return ok(
+            topic,
+            f"{url} answered {status} {_snippet(response)}: clerk-sync is there and refuses "
+            "unsigned requests",
+        )
+    if status == 429 and clerk_sync:
+        return warn(
+            topic, f"{url} answered 429: clerk-sync is there, rate-limiting failed verifications"
+        )
+    if status == 404:
+        path = urlsplit(url).path or "/"
+        hint = (
+            "" if path.endswith(WEBHOOK_PATH) else f"; clerk-sync's receiver is at {WEBHOOK_PATH}"
+        )
+        return fail(topic, f"{url} answered 404: no route at {path}{hint}")
+    if status == 405:
+        return fail(
+            topic,
+            f"{url} answered 405: the route does not accept POST (a page or a GET-only route, "
+            "not clerk-sync's receiver?)",
+        )
+    if status in (401, 403):
+        return fail(
+            topic,
+            f"{url} answered {status} {_snippet(response)!r}, not from clerk-sync: auth middleware "
+            "(or deployment protection) in front of the route; make the route public, the "
+            "signature is its protection",
+        )
+    if response.is_success:
+        return fail(
+            topic,
+            f"{url} answered {status} to an unsigned request: whatever serves it does not verify "
+            "signatures",
+        )
+    if status == 503 and clerk_sync:
+        return fail(topic, f"{url} answered 503 {_snippet(response)}: clerk-sync is not ready")
+    return fail(topic, f"{url} answered {status} {_snippet(response)!r}, not clerk-sync's 400/401")
+
+
+async def _check_healthz(client: httpx.AsyncClient, url: str) -> Finding:
+    try:
+        response = await client.get(url)
+    except httpx.HTTPError as exc:
+        return warn("healthz", f"{url}: {type(exc).__name__}")
+    if response.status_code == 200:
+        return ok("healthz", f"{url} answered 200")
+    # Serverless deployments often expose only the webhook route: worth a note, not a failure.
+    return skip(
+        "healthz",
+        f"{url} answered {response.status_code} (fine if only the webhook route is public)",
+    )
+
+
+# --- all of it ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    dsn: str | None  # None: the embedded database (or nothing to check in REST mode)
+    described: str
+    rest_mode: bool = False
+
+
+def database_target(sources: Sources, database_url: str | None) -> DatabaseTarget | Finding:
+    """Which database `serve` would use, or the finding that says why there is none."""
+    supplied = (
+        Supplied("--database-url", "flag", database_url)
+        if database_url
+        else sources.lookup("DATABASE_URL")
+    )
+    if supplied is not None and supplied.value.strip():
+        dsn = supplied.value.strip()
+        if not dsn.startswith(("postgresql://", "postgres://")):
+            return fail(
+                "database",
+                f"{supplied.where} is not a postgresql://user:password@host:port/dbname "
+                "connection string",
+            )
+        return DatabaseTarget(
+            dsn, supplied.where if supplied.source != "flag" else "--database-url"
+        )
+    url = sources.lookup("SUPABASE_URL")
+    if url is not None and url.value.strip():
+        return DatabaseTarget(None, "REST mode", rest_mode=True)
+    return DatabaseTarget(None, "embedded")
+
+
+def run(
+    environ: Mapping[str, str],
+    *,
+    dotenv_path: Path = Path(".env"),
+    database_url: str | None = None,
+    data_dir: Path | None = None,
+    url: str | None = None,
+    timeout: float = 5.0,
+) -> list[Finding]:
+    """Every check, in the order a delivery meets them: secret, key, database, endpoint."""
+    sources = Sources.load(environ, dotenv_path)
+    if data_dir is None:
+        configured = sources.lookup("CLERK_SYNC_DATA_DIR")
+        data_dir = Path(configured.value) if configured and configured.value else DEFAULT_DATA_DIR
+    findings = check_signing_secrets(sources, data_dir)
+    target = database_target(sources, database_url)
+    direct = isinstance(target, DatabaseTarget) and target.dsn is not None
+    findings += check_supabase_key(sources, direct=direct)
+    if isinstance(target, Finding):
+        findings.append(target)
+    elif target.dsn is not None:
+        findings += asyncio.run(
+            check_database(target.dsn, described=target.described, timeout=timeout)
+        )
+    elif target.rest_mode:
+        findings.append(
+            skip(
+                "database",
+                "REST mode (SUPABASE_URL): schema, RLS and grants are checked through a direct "
+                "connection; run `clerk-sync doctor --database-url postgresql://…` for them",
+            )
+        )
+    else:
+        findings += _check_embedded(data_dir, timeout)
+    if url:
+        findings += asyncio.run(check_endpoint(url, timeout=max(timeout, 10.0)))
+    return findings
+
+
+def _check_embedded(data_dir: Path, timeout: float) -> list[Finding]:
+    if not (pgdata_path(data_dir) / "PG_VERSION").is_file():
+        return [
+            fail(
+                "database",
+                f"no DATABASE_URL, and no embedded database in {data_dir} yet: set DATABASE_URL, "
+                "or run `clerk-sync migrate` to create the embedded one",
+            )
+        ]
+    from clerk_sync.storage.embedded import EmbeddedPostgresError, embedded_postgres
+
+    try:
+        with embedded_postgres(data_dir) as dsn:
+            described = f"the embedded database in {data_dir}"
+            return asyncio.run(check_database(dsn, described=described, timeout=timeout))
+    except EmbeddedPostgresError as exc:
+        return [fail("database", str(exc))]
+
+
+def passed(findings: Iterable[Finding]) -> bool:
+    return all(f.status is not Status.FAIL for f in findings)
+
+
+MARKS = {
+    True: {Status.OK: "✓", Status.WARN: "!", Status.FAIL: "✗", Status.SKIP: "-"},
+    False: {Status.OK: "ok  ", Status.WARN: "WARN", Status.FAIL: "FAIL", Status.SKIP: "skip"},
+}
+
+
+def render(findings: Iterable[Finding], *, tty: bool) -> str:
+    """One line per finding, then a summary line."""
+    findings = list(findings)
+    lines = [f"{MARKS[tty][f.status]} {f.topic}: {f.message}" for f in findings]
+    problems = sum(f.status is Status.FAIL for f in findings)
+    if problems:
+        lines.append(f"{problems} problem{'s' if problems > 1 else ''} found")
+    else:
+        lines.append("all checks passed")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Fault tests: the real `clerk-sync serve`, a sender that behaves like Svix, and faults."""

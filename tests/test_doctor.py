@@ -1,0 +1,536 @@
+"""`clerk-sync doctor` against each misconfiguration it claims to detect: through its functions,
+and through the command as a user runs it (a subprocess, no TTY, in a directory of its own)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from clerk_sync import doctor, migrations
+from clerk_sync.doctor import Finding, Sources, Status
+from tests import support
+
+CONFIG_PREFIXES = ("CLERK_", "DATABASE_URL", "SUPABASE_")
+
+
+def sources(dotenv: dict[str, str] | None = None, **environ: str) -> Sources:
+    return Sources(environ, dotenv or {})
+
+
+def secret_of(n_bytes: int) -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(n_bytes)).decode()
+
+
+def only(findings: list[Finding], topic: str) -> list[Finding]:
+    return [f for f in findings if f.topic == topic]
+
+
+def statuses(findings: list[Finding]) -> list[Status]:
+    return [f.status for f in findings]
+
+
+def jwt(claims: dict[str, object]) -> str:
+    """A JWT as Supabase's legacy keys are shaped (the signature is not checked, so fake it)."""
+
+    def part(data: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}.ZmFrZS1zaWduYXR1cmU"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(CONFIG_PREFIXES)}
+    env.update(extra)
+    return env
+
+
+def clerk_sync_doctor(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "clerk_sync", "doctor", *args],
+        cwd=cwd,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+# --- signing secrets ----------------------------------------------------------------------------
+
+
+def test_a_missing_secret_fails_and_names_the_variable() -> None:
+    [finding] = doctor.check_signing_secrets(sources())
+    assert finding.status is Status.FAIL
+    assert "not set" in finding.message and "CLERK_WEBHOOK_SECRET" in finding.message
+
+
+def test_an_empty_variable_hides_the_dotenv_value() -> None:
+    found = doctor.check_signing_secrets(
+        sources({"CLERK_WEBHOOK_SECRET": secret_of(32)}, CLERK_WEBHOOK_SECRET="")
+    )
+    assert statuses(found) == [Status.FAIL]
+    assert "set but empty" in found[0].message and "(environment)" in found[0].message
+
+
+def test_a_good_secret_passes_and_says_where_it_came_from() -> None:
+    secret = secret_of(32)
+    [finding] = doctor.check_signing_secrets(sources({"CLERK_WEBHOOK_SIGNING_SECRET": secret}))
+    assert finding.status is Status.OK
+    assert "CLERK_WEBHOOK_SIGNING_SECRET (.env)" in finding.message
+    assert "32-byte" in finding.message
+    assert secret[:8] in finding.message and secret[8:16] not in finding.message
+
+
+def test_the_environment_beats_dotenv_as_in_settings() -> None:
+    note, finding = doctor.check_signing_secrets(
+        sources({"CLERK_WEBHOOK_SECRET": "whsec_bad!"}, CLERK_WEBHOOK_SECRET=secret_of(24))
+    )
+    assert note.status is Status.WARN and "overrides a different" in note.message
+    assert finding.status is Status.OK and "(environment)" in finding.message
+
+
+def test_a_secret_without_the_whsec_prefix() -> None:
+    [finding] = doctor.check_signing_secrets(sources(CLERK_WEBHOOK_SECRET="sk_live_abcdefghijkl"))
+    assert finding.status is Status.FAIL
+    assert "does not start with 'whsec_'" in finding.message
+    assert "abcdefgh" not in finding.message  # at most 8 characters shown
+
+
+def test_a_secret_that_is_not_base64() -> None:
+    [finding] = doctor.check_signing_secrets(sources(CLERK_WEBHOOK_SECRET="whsec_not*base64!"))
+    assert finding.status is Status.FAIL and "not valid base64" in finding.message
+
+
+def test_a_truncated_secret_fails_and_a_short_one_warns() -> None:
+    [truncated] = doctor.check_signing_secrets(sources(CLERK_WEBHOOK_SECRET=secret_of(8)))
+    assert truncated.status is Status.FAIL and "8 bytes, too short" in truncated.message
+    [short] = doctor.check_signing_secrets(sources(CLERK_WEBHOOK_SECRET=secret_of(18)))
+    assert short.status is Status.WARN and "18 bytes, shorter than" in short.message
+    [long] = doctor.check_signing_secrets(sources(CLERK_WEBHOOK_SECRET=secret_of(80)))
+    assert long.status is Status.WARN and "longer than" in long.message
+
+
+def test_a_secret_pasted_with_quotes_or_whitespace() -> None:
+    secret = secret_of(24)
+    [quoted] = doctor.check_signing_secrets(sources(CLERK_WEBHOOK_SECRET=f'"{secret}"'))
+    assert quoted.status is Status.FAIL and "wrapped in quotes" in quoted.message
+    found = doctor.check_signing_secrets(sources(CLERK_WEBHOOK_SECRET=f" {secret}\n"))
+    assert statuses(found) == [Status.WARN, Status.OK]
+    assert "whitespace" in found[0].message
+
+
+def test_every_secret_of_a_rotation_is_checked() -> None:
+    found = doctor.check_signing_secrets(
+        sources(CLERK_WEBHOOK_SECRET=f"{secret_of(24)} whsec_***,{secret_of(32)}")
+    )
+    assert statuses(found) == [Status.OK, Status.FAIL, Status.OK]
+    assert "secret 2 of 3" in found[1].message
+
+
+def test_two_variables_with_different_values() -> None:
+    first, second = secret_of(24), secret_of(24)
+    found = doctor.check_signing_secrets(
+        sources({"CLERK_WEBHOOK_SIGNING_SECRET": second}, CLERK_WEBHOOK_SECRET=first)
+    )
+    assert statuses(found) == [Status.FAIL, Status.OK]
+    assert "both set and differ" in found[0].message
+    assert "CLERK_WEBHOOK_SIGNING_SECRET (.env)" in found[0].message
+    same = doctor.check_signing_secrets(
+        sources(CLERK_WEBHOOK_SECRET=first, CLERK_WEBHOOK_SIGNING_SECRET=first)
+    )
+    assert statuses(same) == [Status.OK]
+
+
+# --- the Supabase key ---------------------------------------------------------------------------
+
+SUPABASE_URL = "https://abcdefghijklmnop.supabase.co"
+
+
+def key_findings(key: str, url: str = SUPABASE_URL) -> list[Finding]:
+    return doctor.check_supabase_key(
+        sources(SUPABASE_URL=url, SUPABASE_SERVICE_ROLE_KEY=key), direct=False
+    )
+
+
+def test_the_anon_jwt_is_refused() -> None:
+    key = jwt({"iss": "supabase", "ref": "abcdefghijklmnop", "role": "anon", "exp": 4102444800})
+    [finding] = key_findings(key)
+    assert finding.status is Status.FAIL
+    assert "public anon key" in finding.message and "RLS will block writes" in finding.message
+    assert key[8:16] not in finding.message
+
+
+def test_the_service_role_jwt_passes() -> None:
+    key = jwt({"ref": "abcdefghijklmnop", "role": "service_role", "exp": 4102444800})
+    assert statuses(key_findings(key)) == [Status.OK]
+
+
+def test_a_service_role_jwt_of_another_project_or_expired() -> None:
+    other = jwt({"ref": "zzzzzzzzzzzzzzzz", "role": "service_role", "exp": 4102444800})
+    [finding] = key_findings(other)
+    assert finding.status is Status.FAIL and "belongs to project" in finding.message
+    expired = jwt({"role": "service_role", "exp": 1_600_000_000})
+    assert "expired" in key_findings(expired)[0].message
+
+
+def test_the_publishable_key_is_refused_and_a_secret_key_passes() -> None:
+    [publishable] = key_findings("sb_publishable_" + secrets.token_urlsafe(24))
+    assert publishable.status is Status.FAIL and "publishable key" in publishable.message
+    [secret] = key_findings("sb_secret_" + secrets.token_urlsafe(24))
+    assert secret.status is Status.OK
+
+
+def test_an_unrecognised_key() -> None:
+    [finding] = key_findings("not-a-supabase-key-at-all")
+    assert finding.status is Status.FAIL and "not a Supabase key" in finding.message
+
+
+def test_rest_mode_needs_both_url_and_key() -> None:
+    [finding] = doctor.check_supabase_key(sources(SUPABASE_URL=SUPABASE_URL), direct=False)
+    assert finding.status is Status.FAIL and "SUPABASE_SERVICE_ROLE_KEY is not" in finding.message
+    assert doctor.check_supabase_key(sources(SUPABASE_URL=SUPABASE_URL), direct=True) == []
+
+
+# --- the database -------------------------------------------------------------------------------
+
+
+def check_database(dsn: str) -> list[Finding]:
+    return support.run(doctor.check_database(dsn, described="DATABASE_URL", timeout=5))
+
+
+def test_an_unreachable_database() -> None:
+    port = support.free_port()  # nothing listens there
+    [finding] = check_database(f"postgresql://postgres@127.0.0.1:{port}/postgres")
+    assert finding.status is Status.FAIL
+    assert f"cannot connect to 127.0.0.1:{port}/postgres" in finding.message
+    assert "connection refused" in finding.message
+    assert "\n" not in finding.message
+
+
+def test_a_database_that_was_never_migrated(pg_server: str) -> None:
+    dsn = support.create_database(pg_server, migrate=False)
+    try:
+        found = check_database(dsn)
+    finally:
+        support.drop_database(pg_server, dsn)
+    schema = only(found, "schema")
+    assert statuses(schema) == [Status.FAIL]
+    assert f"at version 0, this clerk-sync needs {migrations.latest_version()}" in schema[0].message
+    assert "clerk-sync migrate" in schema[0].message
+    assert not doctor.passed(found)
+
+
+def test_a_migrated_database_passes(database_url: str) -> None:
+    found = check_database(database_url)
+    assert doctor.passed(found), found
+    assert only(found, "schema")[0].message == f"at version {migrations.latest_version()} (current)"
+
+
+class _Forwarder(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    target: tuple[int, object]
+
+
+class _Forward(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        family, address = self.server.target  # type: ignore[attr-defined]
+        with socket.socket(family) as upstream:
+            upstream.connect(address)
+
+            def pump(src: socket.socket, dst: socket.socket) -> None:
+                with contextlib.suppress(OSError):
+                    while data := src.recv(65536):
+                        dst.sendall(data)
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+
+            back = threading.Thread(target=pump, args=(upstream, self.request), daemon=True)
+            back.start()
+            pump(self.request, upstream)
+            back.join(10)
+
+
+def test_port_6543_says_prepared_statements_are_off(database_url: str) -> None:
+    """A plain TCP relay on 6543 to the test server stands in for Supavisor's address."""
+    parts = urlsplit(database_url)
+    socket_dir = parse_qs(parts.query).get("host", [None])[0]
+    port = parts.port or 5432
+    if socket_dir:
+        target: tuple[int, object] = (socket.AF_UNIX, f"{socket_dir}/.s.PGSQL.{port}")
+    else:
+        target = (socket.AF_INET, (parts.hostname, port))
+    try:
+        relay = _Forwarder(("127.0.0.1", 6543), _Forward)
+    except OSError:
+        pytest.skip("port 6543 is in use on this machine")
+    relay.target = target  # type: ignore[attr-defined]
+    threading.Thread(target=relay.serve_forever, daemon=True).start()
+    try:
+        dsn = f"postgresql://{parts.username or 'postgres'}@127.0.0.1:6543{parts.path}"
+        found = check_database(dsn)
+    finally:
+        relay.shutdown()
+        relay.server_close()
+    assert doctor.passed(found), found
+    assert any("transaction pooler: prepared statements are off" in f.message for f in found)
+
+
+SUPABASE_ROLES_PRESENT = """
+select count(*) = 3 from pg_roles where rolname in ('anon', 'authenticated', 'service_role')
+"""
+
+
+# auth.jwt() as Supabase defines it (per database; the roles are the cluster's).
+AUTH_JWT_SQL = """
+create schema if not exists auth;
+create or replace function auth.jwt() returns jsonb language sql stable as $$
+    select coalesce(nullif(current_setting('request.jwt.claim', true), ''),
+                    nullif(current_setting('request.jwt.claims', true), ''))::jsonb
+$$;
+"""
+
+
+def test_supabase_rls_and_grants(pg_server: str) -> None:
+    if not support.fetch(pg_server, SUPABASE_ROLES_PRESENT)[0]["?column?"]:
+        pytest.skip(
+            "the test cluster has no anon/authenticated/service_role roles (the Supabase lockdown "
+            "tests create them): RLS and grant report not checked"
+        )
+    dsn = support.create_database(pg_server)
+    try:
+        # The lockdown as the migration leaves it, whether or not this clerk-sync's migrations
+        # do it (so the test also holds while the migration is being written).
+        support.execute(
+            dsn,
+            AUTH_JWT_SQL
+            + """
+            alter table public.users enable row level security;
+            revoke execute on all functions in schema public from public, anon, authenticated;
+            revoke all on schema clerk_sync from public, anon, authenticated;
+            """,
+        )
+        found = check_database(dsn)
+        assert doctor.passed(found), found
+        assert statuses(only(found, "RLS")) == [Status.OK]
+        assert statuses(only(found, "grants")) == [Status.OK, Status.OK]
+
+        support.execute(
+            dsn,
+            """
+            alter table public.users disable row level security;
+            grant execute on function public.clerk_sync_apply(text, jsonb, text) to anon;
+            grant usage on schema clerk_sync to authenticated;
+            """,
+        )
+        found = check_database(dsn)
+        [rls] = only(found, "RLS")
+        assert rls.status is Status.FAIL and "row-level security is off" in rls.message
+        functions, schema = only(found, "grants")
+        assert functions.status is Status.FAIL
+        assert "EXECUTE granted on public.clerk_sync_apply to anon" in functions.message
+        assert schema.status is Status.FAIL and "authenticated may use schema clerk_sync" in (
+            schema.message
+        )
+
+        support.execute(
+            dsn,
+            """
+            alter table public.users enable row level security;
+            create policy anyone_writes on public.users for insert to anon with check (true);
+            """,
+        )
+        [rls] = only(check_database(dsn), "RLS")
+        assert rls.status is Status.FAIL and "anyone_writes" in rls.message
+    finally:
+        support.drop_database(pg_server, dsn)
+
+
+def test_a_migrated_supabase_database_is_locked_down(pg_server: str) -> None:
+    if not support.fetch(pg_server, SUPABASE_ROLES_PRESENT)[0]["?column?"]:
+        pytest.skip("the test cluster has no Supabase roles: the migration's lockdown not checked")
+    if not any(m.name == "supabase" for m in migrations.migrations()):
+        pytest.skip("no Supabase lockdown migration in this version yet")
+    dsn = support.create_database(pg_server, migrate=False)
+    try:
+        # The migration locks down only where auth.jwt() exists, as on Supabase.
+        support.execute(dsn, AUTH_JWT_SQL)
+        support.run(_migrate(dsn))
+        found = check_database(dsn)
+    finally:
+        support.drop_database(pg_server, dsn)
+    assert doctor.passed(found), found
+    assert statuses(only(found, "RLS") + only(found, "grants")) == [Status.OK] * 3
+
+
+async def _migrate(dsn: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrations.migrate(conn)
+    finally:
+        await conn.close()
+
+
+# --- the deployed endpoint ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def answering(status: int, body: bytes = b"", **headers: str) -> Iterator[str]:
+    """A tiny HTTP server on 127.0.0.1 that answers every request the same way; yields its base."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            self.rfile.read(length)
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name.replace("_", "-"), value)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def check_endpoint(url: str) -> list[Finding]:
+    return support.run(doctor.check_endpoint(url, timeout=5))
+
+
+def test_a_redirect_is_reported_with_its_location() -> None:
+    location = "https://www.example.com/api/webhooks/clerk"
+    with answering(308, Location=location) as base:
+        [finding, _] = check_endpoint(base + "/api/webhooks/clerk")
+    assert finding.status is Status.FAIL
+    assert "redirects (308)" in finding.message and location in finding.message
+    assert "Svix does not follow redirects" in finding.message
+
+
+def test_a_404_is_a_wrong_path() -> None:
+    with answering(404, b"Not Found") as base:
+        [finding] = check_endpoint(base + "/api/webhook")
+    assert finding.status is Status.FAIL
+    assert "404" in finding.message and "/api/webhooks/clerk" in finding.message
+
+
+def test_a_405_is_a_route_without_post() -> None:
+    with answering(405, b"Method Not Allowed") as base:
+        finding = check_endpoint(base + "/api/webhooks/clerk")[0]
+    assert finding.status is Status.FAIL and "does not accept POST" in finding.message
+
+
+def test_a_401_from_auth_middleware() -> None:
+    body = b"<html><body>Sign in to continue</body></html>"
+    with answering(401, body, content_type="text/html") as base:
+        finding = check_endpoint(base + "/api/webhooks/clerk")[0]
+    assert finding.status is Status.FAIL
+    assert "auth middleware" in finding.message and "not from clerk-sync" in finding.message
+
+
+def test_a_2xx_to_an_unsigned_request() -> None:
+    with answering(200, b"ok") as base:
+        finding = check_endpoint(base + "/api/webhooks/clerk")[0]
+    assert finding.status is Status.FAIL and "does not verify signatures" in finding.message
+
+
+def test_an_unreachable_endpoint() -> None:
+    [finding] = check_endpoint(f"http://127.0.0.1:{support.free_port()}/api/webhooks/clerk")
+    assert finding.status is Status.FAIL and "unreachable" in finding.message
+
+
+# --- the command, end to end --------------------------------------------------------------------
+
+
+def test_the_command_finds_nothing_wrong_with_a_running_clerk_sync(
+    tmp_path: Path, db: str, secret: tuple[str, bytes]
+) -> None:
+    env = {"DATABASE_URL": db, "CLERK_WEBHOOK_SECRET": secret[0]}
+    with support.running_server(env) as server:
+        result = clerk_sync_doctor(tmp_path, "--url", server.webhook_url, **env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "all checks passed"
+    endpoint = next(line for line in lines if " endpoint: " in line)
+    assert endpoint.startswith("ok ") and "answered 400" in endpoint
+    assert "clerk-sync is there and refuses unsigned requests" in endpoint
+    assert any(line.startswith("ok   healthz: ") for line in lines)
+    assert "✓" not in result.stdout  # not a TTY: plain words
+    assert secret[0][8:16] not in result.stdout + result.stderr
+
+
+def test_the_command_fails_on_each_problem_with_one_line_each(tmp_path: Path) -> None:
+    anon = jwt({"role": "anon", "ref": "abcdefghijklmnop", "exp": 4102444800})
+    (tmp_path / ".env").write_text(f"SUPABASE_SERVICE_ROLE_KEY={anon}\n")
+    port = support.free_port()
+    with answering(308, Location="https://www.example.com/api/webhooks/clerk") as base:
+        result = clerk_sync_doctor(
+            tmp_path,
+            "--url",
+            base + "/api/webhooks/clerk",
+            "--timeout",
+            "2",
+            CLERK_WEBHOOK_SECRET="whsec_short",
+            DATABASE_URL=f"postgresql://postgres:hunter2hunter2@127.0.0.1:{port}/app",
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    failed = [line for line in lines if line.startswith("FAIL ")]
+    assert [line.split(":")[0] for line in failed] == [
+        "FAIL signing secret",
+        "FAIL Supabase key",
+        "FAIL database",
+        "FAIL endpoint",
+    ], result.stdout
+    assert "SUPABASE_SERVICE_ROLE_KEY (.env)" in failed[1]
+    assert lines[-1] == "4 problems found"
+    assert "hunter2" not in result.stdout
+    assert anon[8:16] not in result.stdout
+
+
+def test_the_command_reports_a_missing_secret_and_the_unmigrated_embedded_database(
+    tmp_path: Path,
+) -> None:
+    result = clerk_sync_doctor(tmp_path, "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        "FAIL signing secret: not set; set CLERK_WEBHOOK_SECRET to the endpoint's Signing Secret "
+        "(whsec_…) from Clerk Dashboard → Webhooks → your endpoint",
+        f"FAIL database: no DATABASE_URL, and no embedded database in {tmp_path / 'data'} yet: "
+        "set DATABASE_URL, or run `clerk-sync migrate` to create the embedded one",
+        "2 problems found",
+    ]
+
+
+def test_marks_on_a_terminal() -> None:
+    text = doctor.render(
+        [Finding(Status.OK, "a", "fine"), Finding(Status.FAIL, "b", "broken")], tty=True
+    )
+    assert text == "✓ a: fine\n✗ b: broken\n1 problem found\n"

@@ -1,0 +1,269 @@
+"""The Supabase lockdown (migration 0003), proven as Supabase's roles on the real test PostgreSQL.
+
+The test database gets Supabase's roles and `auth.jwt()` before it is migrated, as a Supabase
+project has them. Each check then runs as PostgREST runs a request: in a transaction, after
+`set local role` and `request.jwt.claims`. On plain PostgreSQL the migration skips the lockdown
+and says so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from clerk_sync import migrations
+from tests import support
+from tests.postgrest_standin import AUTH_JWT_SQL, SUPABASE_AUTH_SQL, create_supabase_database
+from tests.test_cli import clerk_sync as run_cli
+
+USER_A, USER_B = "user_a", "user_b"
+SKIPPED = "skipped the row-level security and grants"
+
+
+@pytest.fixture(scope="module")
+def supabase_db(pg_server: str) -> Iterator[str]:
+    dsn = create_supabase_database(pg_server)
+    try:
+        for n, user_id in enumerate((USER_A, USER_B)):
+            event = support.user_event(
+                "user.created", user_id, 1_700_000_000_000, email=f"{n}@x.io"
+            )
+            got = as_role(
+                dsn,
+                "service_role",
+                "select public.clerk_sync_apply($1, $2::jsonb, 'soft') as outcome",
+                f"msg_{user_id}",
+                json.dumps(event),
+            )
+            assert got == [{"outcome": "applied"}]
+        yield dsn
+    finally:
+        support.drop_database(pg_server, dsn)
+
+
+def as_role(
+    dsn: str, role: str, query: str, *args: Any, claims: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Run `query` as PostgREST would for a request with this role and these JWT claims."""
+
+    async def go() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            async with conn.transaction():
+                await conn.execute(f"set local role {role}")
+                await conn.execute(
+                    "select set_config('request.jwt.claims', $1, true)",
+                    json.dumps(claims if claims is not None else {"role": role}),
+                )
+                return [dict(r) for r in await conn.fetch(query, *args)]
+        finally:
+            await conn.close()
+
+    return list(support.run(go()))
+
+
+WRITES = [
+    "insert into public.users (id) values ('user_forged')",
+    "update public.users set first_name = 'Mallory'",
+    f"update public.users set first_name = 'Mallory' where id = '{USER_A}'",
+    f"delete from public.users where id = '{USER_B}'",
+    "truncate public.users",
+]
+FUNCTIONS = [
+    "select public.clerk_sync_apply('msg_forged', "
+    """'{"type": "user.created", "data": {"id": "user_forged", "updated_at": 1}}', 'soft')""",
+    "select public.clerk_sync_record_invalid('msg_forged', '\\x00', 'forged')",
+    "select public.clerk_sync_schema_version()",
+]
+BOOKKEEPING = [
+    "select * from clerk_sync.inbox",
+    "select * from clerk_sync.tombstones",
+    "select * from clerk_sync.pending_sign_ins",
+    "select * from clerk_sync.schema_migrations",
+    "insert into clerk_sync.inbox (svix_id, outcome) values ('msg_forged', 'applied')",
+    "select clerk_sync.ms_to_timestamptz('1')",
+]
+SIGNED_IN_AS_A = {"sub": USER_A, "role": "authenticated", "iss": "https://clerk.example.com"}
+
+
+def assert_denied(dsn: str, role: str, query: str, claims: dict[str, Any] | None = None) -> None:
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        as_role(dsn, role, query, claims=claims)
+
+
+@pytest.mark.parametrize("query", ["select * from public.users", *WRITES, *FUNCTIONS, *BOOKKEEPING])
+def test_anon_can_do_nothing(supabase_db: str, query: str) -> None:
+    assert_denied(supabase_db, "anon", query)
+
+
+def test_a_signed_in_user_reads_exactly_their_own_row(supabase_db: str) -> None:
+    rows = as_role(
+        supabase_db, "authenticated", "select * from public.users", claims=SIGNED_IN_AS_A
+    )
+    assert [r["id"] for r in rows] == [USER_A]
+    assert rows[0]["email"] == "0@x.io"
+    other = f"select * from public.users where id = '{USER_B}'"
+    assert as_role(supabase_db, "authenticated", other, claims=SIGNED_IN_AS_A) == []
+    # Another user sees only theirs; a token without a sub sees nothing.
+    as_b = {**SIGNED_IN_AS_A, "sub": USER_B}
+    rows = as_role(supabase_db, "authenticated", "select id from public.users", claims=as_b)
+    assert rows == [{"id": USER_B}]
+    for claims in ({"role": "authenticated"}, {}):
+        assert (
+            as_role(supabase_db, "authenticated", "select id from public.users", claims=claims)
+            == []
+        )
+
+
+@pytest.mark.parametrize("query", [*WRITES, *FUNCTIONS, *BOOKKEEPING])
+def test_a_signed_in_user_cannot_write_call_or_read_bookkeeping(
+    supabase_db: str, query: str
+) -> None:
+    assert_denied(supabase_db, "authenticated", query, claims=SIGNED_IN_AS_A)
+
+
+def test_nothing_changed_after_the_attempts(supabase_db: str) -> None:
+    rows = support.fetch(supabase_db, "select id, first_name from public.users order by id")
+    assert rows == [{"id": USER_A, "first_name": "Ada"}, {"id": USER_B, "first_name": "Ada"}]
+    inbox = support.fetch(supabase_db, "select svix_id from clerk_sync.inbox order by 1")
+    assert inbox == [{"svix_id": f"msg_{USER_A}"}, {"svix_id": f"msg_{USER_B}"}]
+
+
+def test_the_service_role_calls_the_functions(supabase_db: str) -> None:
+    event = support.user_event("user.updated", USER_A, 1_700_000_000_001, first_name="Grace")
+    apply = "select public.clerk_sync_apply($1, $2::jsonb, 'soft') as outcome"
+    assert as_role(supabase_db, "service_role", apply, "msg_sr", json.dumps(event)) == [
+        {"outcome": "applied"}
+    ]
+    record = "select public.clerk_sync_record_invalid('msg_sr_bad', '\\x00', 'bad')"
+    as_role(supabase_db, "service_role", record)
+    version = as_role(supabase_db, "service_role", "select public.clerk_sync_schema_version() as v")
+    assert version == [{"v": migrations.latest_version()}]
+    rows = as_role(
+        supabase_db, "service_role", "select id, first_name from public.users order by id"
+    )
+    assert rows == [{"id": USER_A, "first_name": "Grace"}, {"id": USER_B, "first_name": "Ada"}]
+
+
+def test_the_catalog_says_the_same(supabase_db: str) -> None:
+    [table] = support.fetch(
+        supabase_db,
+        "select relrowsecurity, relforcerowsecurity from pg_class where oid = 'public.users'::regclass",
+    )
+    assert table == {"relrowsecurity": True, "relforcerowsecurity": False}
+    policies = support.fetch(
+        supabase_db,
+        """select cmd, roles::text[] as roles, qual from pg_policies
+           where schemaname = 'public' and tablename = 'users'""",
+    )
+    assert len(policies) == 1
+    assert policies[0]["cmd"] == "SELECT" and policies[0]["roles"] == ["authenticated"]
+    assert "auth.jwt()" in policies[0]["qual"] and "'sub'" in policies[0]["qual"]
+    functions = support.fetch(
+        supabase_db,
+        """select p.proname, p.prosecdef,
+                  has_function_privilege('anon', p.oid, 'execute') as anon,
+                  has_function_privilege('authenticated', p.oid, 'execute') as authenticated,
+                  has_function_privilege('service_role', p.oid, 'execute') as service_role,
+                  coalesce(array_to_string(p.proconfig, ','), '') as config
+           from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+           where n.nspname = 'public' and p.proname like 'clerk\\_sync\\_%' order by 1""",
+    )
+    # Every clerk-sync function in public, whichever migration added it.
+    assert {"clerk_sync_apply", "clerk_sync_record_invalid", "clerk_sync_schema_version"} <= {
+        f["proname"] for f in functions
+    }
+    for f in functions:
+        assert f["prosecdef"], f
+        assert "search_path=" in f["config"], f  # a SECURITY DEFINER function pins its path
+        assert (f["anon"], f["authenticated"], f["service_role"]) == (False, False, True), f
+    for role in ("anon", "authenticated"):
+        [usage] = support.fetch(
+            supabase_db, f"select has_schema_privilege('{role}', 'clerk_sync', 'usage') as u"
+        )
+        assert usage == {"u": False}
+
+
+def test_the_schema_script_applies_twice_on_supabase(pg_server: str) -> None:
+    dsn = support.create_database(pg_server, migrate=False)
+    try:
+        support.execute(dsn, SUPABASE_AUTH_SQL)
+        script = migrations.render_schema()
+        support.execute(dsn, script)
+        support.execute(dsn, script)
+        policies = support.fetch(
+            dsn, "select policyname from pg_policies where tablename = 'users'"
+        )
+        assert len(policies) == 1
+        rows = as_role(dsn, "authenticated", "select id from public.users", claims=SIGNED_IN_AS_A)
+        assert rows == []
+        assert_denied(dsn, "anon", FUNCTIONS[0])
+        assert_denied(dsn, "authenticated", BOOKKEEPING[0], claims=SIGNED_IN_AS_A)
+    finally:
+        support.drop_database(pg_server, dsn)
+
+
+# --- plain PostgreSQL ---------------------------------------------------------------------------
+
+
+def test_without_auth_jwt_migrate_skips_the_lockdown_and_says_so(
+    pg_server: str, tmp_path: Path
+) -> None:
+    # The roles are cluster-wide and may exist (other tests create them); auth.jwt() is not here.
+    dsn = support.create_database(pg_server, migrate=False)
+    try:
+        result = run_cli(tmp_path, "migrate", DATABASE_URL=dsn)
+        assert result.returncode == 0, result.stderr
+        lines = result.stderr.splitlines()
+        assert lines[0].startswith("clerk-sync: applied migrations 0001_initial")
+        assert [line for line in lines if SKIPPED in line] == [
+            "clerk-sync: no Supabase roles (anon, authenticated, service_role) and auth.jwt() in "
+            f"this database: {SKIPPED} for them"
+        ]
+        assert_not_locked_down(dsn)
+    finally:
+        support.drop_database(pg_server, dsn)
+
+
+def assert_not_locked_down(dsn: str) -> None:
+    [table] = support.fetch(
+        dsn, "select relrowsecurity from pg_class where oid = 'public.users'::regclass"
+    )
+    assert table == {"relrowsecurity": False}
+    assert support.fetch(dsn, "select * from pg_policies where tablename = 'users'") == []
+    public_can = support.fetch(
+        dsn,
+        """select bool_or(has_function_privilege('public', p.oid, 'execute')) as any
+           from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+           where n.nspname = 'public' and p.proname like 'clerk\\_sync\\_%'""",
+    )
+    assert public_can == [{"any": False}]
+
+
+@pytest.mark.slow
+def test_without_the_roles_the_lockdown_is_skipped(tmp_path: Path) -> None:
+    # A server of its own, where the roles certainly do not exist: auth.jwt() alone is not enough.
+    server = support.ThrowawayPostgres(tmp_path / "plain")
+    try:
+        dsn = support.create_database(server.dsn, migrate=False)
+        support.execute(dsn, AUTH_JWT_SQL)
+        said: list[str] = []
+
+        async def migrate() -> None:
+            conn = await asyncpg.connect(dsn)
+            conn.add_log_listener(lambda _conn, message: said.append(message.message))
+            try:
+                await migrations.migrate(conn)
+            finally:
+                await conn.close()
+
+        support.run(migrate())
+        assert any(SKIPPED in line for line in said), said
+        assert_not_locked_down(dsn)
+    finally:
+        server.close()
