@@ -97,6 +97,10 @@ create table if not exists clerk_sync.pending_sign_ins (
     last_sign_in_at  timestamptz not null
 );
 
+-- The helpers below have no SET search_path so that the planner can inline them into the
+-- write function's statements (which run with search_path ''); they name pg_catalog where it
+-- matters and are not meant to be called on their own.
+
 -- Clerk sends times as milliseconds since the epoch. Whole days and the milliseconds within a
 -- day are each small enough for interval arithmetic to stay exact at any date; adding them to a
 -- timestamp without time zone keeps the session's time zone (and its DST) out of it.
@@ -105,7 +109,6 @@ returns timestamptz
 language sql
 immutable
 parallel safe
-set search_path = ''
 as $$
     select (timestamp '1970-01-01'
             + div(ms, 86400000) * interval '1 day'
@@ -120,7 +123,6 @@ returns jsonb
 language sql
 immutable
 parallel safe
-set search_path = ''
 as $$
     select entry
     from pg_catalog.jsonb_array_elements(
@@ -146,7 +148,7 @@ returns table (
 )
 language sql
 stable
-set search_path = ''
+rows 10
 as $$
     select k.n, k.svix_id, k.event, k.type, k.kind, k.user_id,
            case when k.kind = 'profile' then clerk_sync.ms_to_timestamptz(k.data -> 'updated_at') end,
@@ -206,7 +208,11 @@ create or replace function public.clerk_sync_apply_batch(
 returns table (event_index bigint, event_outcome text)
 language plpgsql
 volatile
+rows 10
 set search_path = ''
+-- The same plan serves every batch (index lookups for a handful of users); planning the
+-- statement anew for each call would cost more than running it.
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_problem text;
