@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.testclient import TestClient
 
 from tests import support
@@ -43,6 +45,14 @@ def test_metrics_count_deliveries(client: TestClient, secret: tuple[str, bytes])
     text = client.get("/metrics").text
     assert 'clerk_sync_deliveries_total{outcome="applied",type="user.created"}' in text
     assert "clerk_sync_delivery_duration_seconds_bucket" in text
+    assert "clerk_sync_requests_in_flight 0.0" in text
+    (last_applied,) = [
+        line for line in text.splitlines()
+        if line.startswith("clerk_sync_last_applied_timestamp_seconds ")
+    ]  # fmt: skip
+    assert abs(float(last_applied.split()[1]) - time.time()) < 60
+    for name in ("verification_failures", "database_errors", "dead_letters"):
+        assert f"# TYPE clerk_sync_{name}_total counter" in text
 
 
 def test_wrong_method_and_unknown_route_answer_json(client: TestClient) -> None:

@@ -34,6 +34,10 @@ DEAD_LETTERS = Counter(
     "clerk_sync_dead_letters",
     "Verified deliveries that can never apply (not a Clerk event), kept in clerk_sync.inbox.",
 )
+LAST_APPLIED = Gauge(
+    "clerk_sync_last_applied_timestamp_seconds",
+    "When this process last applied a delivery (alert on time() minus this growing).",
+)
 LATENCY = Histogram(
     "clerk_sync_delivery_duration_seconds",
     "Time from request to answer for verified deliveries.",

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from clerk_sync import metrics
-from clerk_sync.events import NotAClerkEvent, parse_event
+from clerk_sync.events import NotAClerkEvent, Outcome, parse_event
 from clerk_sync.limits import FailedVerificationLimiter
 from clerk_sync.storage import EventRejected, Store, StoreUnavailable
 from clerk_sync.verify import VerificationError, Verifier
@@ -133,6 +133,8 @@ class WebhookReceiver:
         except EventRejected as exc:
             line["error"] = f"the database refused it: {exc}"
             return await self._dead_letter(message_id, body, line["error"])
+        if outcome is Outcome.APPLIED:
+            metrics.LAST_APPLIED.set_to_current_time()
         return json_response(200, {"outcome": outcome.value}), outcome.value
 
     def _refuse(self, request: Request, exc: VerificationError) -> tuple[Response, str]:
