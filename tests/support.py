@@ -267,7 +267,7 @@ class ServerProcess:
         self.webhook_url = self.url + "/api/webhooks/clerk"
         full_env = {**os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "clerk_sync", "serve", *(args or []), "--log-level", "warning"],
+            [sys.executable, "-m", "clerk_sync", "serve", *(args or ["--log-level", "warning"])],
             env=full_env,
             cwd=cwd,
             stdout=subprocess.PIPE,
