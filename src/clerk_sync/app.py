@@ -21,7 +21,7 @@ from clerk_sync.limits import FailedVerificationLimiter
 from clerk_sync.settings import Settings
 from clerk_sync.storage import Store, open_store
 from clerk_sync.verify import Verifier
-from clerk_sync.webhook import WebhookReceiver, json_response
+from clerk_sync.webhook import RETRY_AFTER_SECONDS, WebhookReceiver, json_response
 
 WEBHOOK_PATH = "/api/webhooks/clerk"
 
@@ -53,7 +53,7 @@ def create_app(
 
     async def receive(request: Request) -> Response:
         if opened.receiver is None:
-            return json_response(503, {"error": "starting"}, {"Retry-After": "5"})
+            return json_response(503, {"error": "starting"}, {"Retry-After": RETRY_AFTER_SECONDS})
         return await opened.receiver(request)
 
     async def healthz(request: Request) -> Response:
