@@ -173,7 +173,8 @@ def send(
             "session.created",
             "user.signed_in",
         ), where
-        owners = {data.get("id"), data.get("user_id"), (data.get("user") or {}).get("id")}
+        user = data.get("user") if isinstance(data.get("user"), dict) else {}
+        owners = {data.get("id"), data.get("user_id"), user.get("id")}
         assert sent.changed_users <= owners, f"rows of other users changed: {where}"
     for row in sent.users_after.values():
         assert PRIVATE not in row, f"private_metadata stored: {row}"
