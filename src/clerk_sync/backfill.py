@@ -78,9 +78,9 @@ left join clerk_sync.tombstones as t on t.user_id = x.id
 
 # A page's writes in one statement, through the webhooks' write path.
 APPLY_PAGE_SQL = """
-select public.clerk_sync_apply(x.svix_id, x.event, $3)
-from unnest($1::text[], $2::jsonb[]) with ordinality as x(svix_id, event, n)
-order by x.n
+select event_outcome
+from public.clerk_sync_apply_batch($1::text[], $2::jsonb[], $3)
+order by event_index
 """
 
 APPLY_ONE_SQL = "select public.clerk_sync_apply($1, $2::jsonb, $3)"

@@ -250,8 +250,8 @@ begin
         where not exists (select 1 from clerk_sync.inbox as i where i.svix_id = b.svix_id)
         order by b.svix_id, b.n
     ),
-    -- What the database holds for each user before the batch.
-    before as (
+    -- What the database holds for each user before the batch (looked up once per user).
+    before as materialized (
         select f.user_id,
                exists (select 1 from clerk_sync.tombstones as t where t.user_id = f.user_id)
                    as tombstoned,
