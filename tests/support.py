@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -259,34 +260,65 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`clerk-sync serve` in a subprocess, as a user runs it."""
+    """`clerk-sync serve` in a subprocess, as a user runs it. Its output goes to a file (a pipe
+    that nobody reads could fill and stall the server)."""
 
-    def __init__(self, env: dict[str, str], args: list[str] | None = None, cwd: Path | None = None):
-        self.port = free_port()
+    def __init__(
+        self,
+        env: dict[str, str],
+        args: list[str] | None = None,
+        cwd: Path | None = None,
+        *,
+        log_path: Path | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.webhook_url = self.url + "/api/webhooks/clerk"
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="clerk-sync-serve-", suffix=".log")
+            os.close(fd)
+            log_path = Path(name)
+        self.log_path = log_path
         full_env = {**os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "clerk_sync", "serve", *(args or ["--log-level", "warning"])],
-            env=full_env,
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "clerk_sync",
+                    "serve",
+                    *(args or ["--log-level", "warning"]),
+                ],
+                env=full_env,
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{out}")
+                raise AssertionError(
+                    f"server exited with {self.proc.returncode}:\n{self.output()[-3000:]}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return
             time.sleep(0.1)
-        raise TimeoutError("server did not become ready")
+        raise AssertionError(f"server did not become ready:\n{self.output()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
 
     def stop(self) -> str:
+        """SIGTERM, as an orchestrator stops it (SIGKILL after 20 s); returns its output."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -294,7 +326,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        return self.proc.stdout.read().decode() if self.proc.stdout else ""
+        return self.output()
 
 
 @contextlib.contextmanager

@@ -13,8 +13,6 @@ import json
 import os
 import random
 import secrets
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,37 +42,6 @@ def new_svix_id() -> str:
 
 def ms_to_datetime(ms: int | None) -> datetime | None:
     return None if ms is None else EPOCH + timedelta(milliseconds=ms)
-
-
-class LoggedServer(support.ServerProcess):
-    """`clerk-sync serve` in a subprocess, its output in a file (a pipe could fill and stall it)."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = support.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.webhook_url = self.url + "/api/webhooks/clerk"
-        self.log_path = log_path
-        full_env = {**os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
-        with log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "clerk_sync", "serve", "--log-level", "warning"],
-                env=full_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        try:
-            super().wait_ready(timeout)
-        except (RuntimeError, TimeoutError) as exc:
-            raise AssertionError(f"{exc}\n--- server output ---\n{self.output()}") from None
-
-    def stop(self) -> str:
-        super().stop()
-        return self.output()
 
 
 @dataclass
@@ -276,11 +243,11 @@ def test_two_replicas_same_deliveries_converge(pg_server: str, tmp_path: Path) -
     all_deliveries = [d for phase in phases for d in phase]
 
     dsn = support.create_database(pg_server, migrate=False)  # the replicas' migrations race
-    servers: list[LoggedServer] = []
+    servers: list[support.ServerProcess] = []
     try:
         env = {"CLERK_WEBHOOK_SECRET": secret, "DATABASE_URL": dsn}
         for i in range(2):  # both at once: their migrations race
-            servers.append(LoggedServer(env, tmp_path / f"serve{i}.log"))
+            servers.append(support.ServerProcess(env, log_path=tmp_path / f"serve{i}.log"))
         for server in servers:
             server.wait_ready()
 

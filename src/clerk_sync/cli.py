@@ -42,6 +42,12 @@ DataDirOption = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Embedded database and dev secret [env: CLERK_SYNC_DATA_DIR]"),
 ]
+DeleteModeOption = Annotated[
+    str | None,
+    typer.Option(
+        help="soft: keep the row, set deleted_at; hard: remove the row [env: CLERK_SYNC_DELETE_MODE]"
+    ),
+]
 DatabaseUrlOption = Annotated[
     str | None, typer.Option("--database-url", help="postgresql:// DSN [env: DATABASE_URL]")
 ]
@@ -222,10 +228,7 @@ def serve(
     no_migrate: Annotated[
         bool, typer.Option("--no-migrate", help="Do not apply pending migrations at start")
     ] = False,
-    delete_mode: Annotated[
-        str | None,
-        typer.Option(help="soft: keep the row, set deleted_at; hard: remove the row"),
-    ] = None,
+    delete_mode: DeleteModeOption = None,
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = None,
     forwarded_allow_ips: Annotated[
@@ -555,10 +558,7 @@ def replay(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what each replay would do; write nothing")
     ] = False,
-    delete_mode: Annotated[
-        str | None,
-        typer.Option(help="soft: keep the row, set deleted_at; hard: remove the row"),
-    ] = None,
+    delete_mode: DeleteModeOption = None,
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = None,
 ) -> None:

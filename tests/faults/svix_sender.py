@@ -22,9 +22,6 @@ import json
 import os
 import random
 import secrets
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -760,36 +757,10 @@ def check(problems: list[str], where: str, what: str) -> None:
 
 
 class FaultServer(support.ServerProcess):
-    """`clerk-sync serve` in a subprocess, on a given port if asked, its output in a file (a
-    pipe could fill and stall it)."""
+    """`clerk-sync serve` that the fault tests may kill; stopping it never raises."""
 
     def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
-        self.port = port or support.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.webhook_url = self.url + "/api/webhooks/clerk"
-        self.log_path = log_path
-        full_env = {**os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
-        with log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "clerk_sync", "serve", "--log-level", "warning"],
-                env=full_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        try:
-            super().wait_ready(timeout)
-        except (RuntimeError, TimeoutError) as exc:
-            raise AssertionError(f"{exc}\n--- server output ---\n{self.output()[-3000:]}") from None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        super().__init__(env, log_path=log_path, port=port)
 
     def stop(self) -> str:
         with contextlib.suppress(Exception):
