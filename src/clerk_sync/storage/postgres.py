@@ -21,7 +21,6 @@ from clerk_sync.storage.group_commit import GroupCommitter
 
 log = logging.getLogger("clerk_sync.storage")
 
-APPLY_SQL = "select public.clerk_sync_apply($1, $2::jsonb, $3)"
 # Several events in one statement, so one transaction, with the outcomes of applying them
 # one after another in the order given.
 APPLY_BATCH_SQL = """
@@ -177,7 +176,11 @@ class PostgresStore:
     async def _apply_one(self, write: _Write) -> Outcome | Exception:
         try:
             rows = await self._fetch(
-                write.deadline, APPLY_SQL, write.message_id, write.event.body, self._delete_mode
+                write.deadline,
+                APPLY_BATCH_SQL,
+                [write.message_id],
+                [write.event.body],
+                self._delete_mode,
             )
         except (StoreUnavailable, EventRejected) as exc:
             return exc

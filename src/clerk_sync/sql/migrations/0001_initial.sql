@@ -211,8 +211,11 @@ volatile
 rows 10
 set search_path = ''
 -- The same plan serves every batch (index lookups for a handful of users); planning the
--- statement anew for each call would cost more than running it.
+-- statement anew for each call would cost more than running it. That plan is made once per
+-- connection, often while the tables are still small: without enable_seqscan = off it could
+-- read whole tables, and keep doing so as they grow.
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
     v_problem text;
