@@ -97,3 +97,29 @@ def test_a_caller_that_gave_up_is_left_out_of_the_batch() -> None:
         return recorder.batches
 
     assert asyncio.run(go()) == [[1], [3]]
+
+
+def test_the_next_batch_starts_before_the_finished_callers_resume() -> None:
+    """The database should not wait while a finished batch's callers write their answers."""
+
+    async def go() -> list[str]:
+        order: list[str] = []
+
+        async def flush(items: list[int]) -> list[int | Exception]:
+            order.append(f"flush {items}")
+            await asyncio.sleep(0.02)
+            return items
+
+        committer = GroupCommitter(flush, max_in_flight=1, max_batch=10)
+
+        async def caller(item: int) -> None:
+            await committer.submit(item)
+            order.append(f"answered {item}")
+
+        first = asyncio.create_task(caller(1))
+        await asyncio.sleep(0.005)  # batch [1] is in flight
+        second = asyncio.create_task(caller(2))
+        await asyncio.gather(first, second)
+        return order
+
+    assert asyncio.run(go()) == ["flush [1]", "flush [2]", "answered 1", "answered 2"]

@@ -157,3 +157,49 @@ def test_an_existing_users_table_of_another_shape_stops_the_migration(empty_db: 
     assert "email text" in message and "email_verified boolean" in message
     # Nothing of the migration stays behind.
     assert support.fetch(empty_db, "select to_regclass('clerk_sync.inbox') as t") == [{"t": None}]
+
+
+def test_the_write_helpers_are_inlined_into_the_statements_that_use_them(db: str) -> None:
+    """A helper the planner cannot inline runs as a statement of its own on every call: that
+    was most of a batch's fixed cost."""
+    plan = support.fetch(
+        db,
+        """explain (verbose, costs off)
+        select clerk_sync.ms_to_timestamptz(payload -> 'updated_at'),
+               clerk_sync.primary_entry(
+                   payload -> 'email_addresses', payload -> 'primary_email_address_id')
+        from clerk_sync.inbox""",
+    )
+    text = "\n".join(row["QUERY PLAN"] for row in plan)
+    assert "ms_to_timestamptz" not in text
+    assert "primary_entry" not in text
+    assert "jsonb_path_query_first" in text
+
+
+def test_inlined_helpers_keep_their_answers(db: str) -> None:
+    rows = support.fetch(
+        db,
+        """select clerk_sync.ms_to_timestamptz('1700000000123'::jsonb) as at,
+                  clerk_sync.ms_to_timestamptz('"1700000000123"'::jsonb) as text_ms,
+                  clerk_sync.ms_to_timestamptz('253402300799999'::jsonb) as last_ms,
+                  clerk_sync.primary_entry(
+                      '[{"id": "a", "n": 1}, {"id": "b", "n": 2}]', '"b"') as entry,
+                  clerk_sync.primary_entry('{"id": "b"}', '"b"') as not_a_list,
+                  clerk_sync.primary_entry('[{"id": "b"}]', '1') as not_an_id""",
+    )
+    row = rows[0]
+    assert row["at"].isoformat() == "2023-11-14T22:13:20.123000+00:00"
+    assert row["text_ms"] is None
+    assert row["last_ms"].isoformat() == "9999-12-31T23:59:59.999000+00:00"
+    assert row["entry"] == '{"n": 2, "id": "b"}'
+    assert row["not_a_list"] is None
+    assert row["not_an_id"] is None
+
+
+def test_payloads_stay_in_the_inbox_row(db: str) -> None:
+    rows = support.fetch(
+        db,
+        """select attstorage::text from pg_attribute
+        where attrelid = 'clerk_sync.inbox'::regclass and attname = 'payload'""",
+    )
+    assert rows == [{"attstorage": "m"}]

@@ -60,6 +60,9 @@ class GroupCommitter(Generic[Item, Result]):
             results = [exc] * len(batch)
         finally:
             self._in_flight -= 1
+        # The next batch first: its task is scheduled ahead of the callers woken below, so the
+        # database does not sit idle while they write their answers.
+        self._start_flushes()
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
@@ -67,4 +70,3 @@ class GroupCommitter(Generic[Item, Result]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
-        self._start_flushes()

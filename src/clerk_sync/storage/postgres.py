@@ -151,20 +151,24 @@ class PostgresStore:
         return asyncio.get_running_loop().time() + self._timeout
 
     async def apply(self, message_id: str, event: ClerkEvent) -> Outcome:
-        deadline = self._deadline()
-        try:
-            # The batch's statement gives up at the deadline; the margin lets its 503 arrive
-            # first, and only guards against a stuck driver.
-            async with asyncio.timeout(self._timeout + 1):
-                return await self._writer.submit(_Write(message_id, event, deadline))
-        except TimeoutError as exc:
-            raise StoreUnavailable("the database did not answer in time") from exc
+        return await self._writer.submit(_Write(message_id, event, self._deadline()))
 
     async def _apply_batch(self, batch: list[_Write]) -> list[Outcome | Exception]:
+        deadline = min(write.deadline for write in batch)
+        try:
+            # Each statement gives up at its deadline; the margin lets its 503 arrive first, and
+            # only guards against a stuck driver.
+            async with asyncio.timeout_at(deadline + 1):
+                return await self._apply_batch_by(batch, deadline)
+        except TimeoutError:
+            return [StoreUnavailable("the database did not answer in time")] * len(batch)
+
+    async def _apply_batch_by(
+        self, batch: list[_Write], deadline: float
+    ) -> list[Outcome | Exception]:
         if len(batch) > 1:
             ids = [write.message_id for write in batch]
             bodies = [write.event.body for write in batch]
-            deadline = min(write.deadline for write in batch)
             try:
                 rows = await self._fetch(deadline, APPLY_BATCH_SQL, ids, bodies, self._delete_mode)
             except StoreUnavailable as exc:
