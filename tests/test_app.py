@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any
 
+from starlette.applications import Starlette
+from starlette.routing import Mount
 from starlette.testclient import TestClient
 
+from clerk_sync.app import create_app_from_settings
+from clerk_sync.settings import Settings
 from tests import support
 
 
@@ -62,3 +68,53 @@ def test_wrong_method_and_unknown_route_answer_json(client: TestClient) -> None:
     response = client.post("/nope")
     assert response.status_code == 404
     assert "error" in response.json()
+
+
+def test_a_client_that_leaves_mid_body_gets_no_answer_and_nothing_is_written(
+    client: TestClient, db: str
+) -> None:
+    sent: list[Any] = []
+    messages = [
+        {"type": "http.request", "body": b'{"type": "user.cre', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Any:
+        return messages.pop(0)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/webhooks/clerk",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5000),
+    }
+    assert client.portal is not None
+    client.portal.call(client.app, scope, receive, send)
+    assert sent == []
+    assert support.fetch(db, "select count(*) as n from clerk_sync.inbox") == [{"n": 0}]
+
+
+def test_mounted_under_a_prefix_the_webhook_goes_through_the_router(
+    db: str, secret: tuple[str, bytes], tmp_path: Path
+) -> None:
+    settings = Settings(webhook_secret=secret[0], database_url=db, data_dir=tmp_path)
+    inner = create_app_from_settings(settings, db)
+    outer = Starlette(
+        routes=[Mount("/clerk", app=inner)],
+        lifespan=lambda app: inner.router.lifespan_context(inner),
+    )
+    body = support.dumps(support.user_event("user.created", "user_mounted", 1))
+    with TestClient(outer) as test_client:
+        response = test_client.post(
+            "/clerk/api/webhooks/clerk",
+            content=body,
+            headers=support.signed_headers(secret[1], body),
+        )
+        assert response.status_code == 200, response.text
+        assert response.json() == {"outcome": "applied"}
+        assert test_client.get("/clerk/api/webhooks/clerk").status_code == 405

@@ -9,19 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clerk_sync import metrics
 from clerk_sync.limits import FailedVerificationLimiter
 from clerk_sync.settings import Settings
 from clerk_sync.storage import Store, open_store
 from clerk_sync.verify import Verifier
-from clerk_sync.webhook import RETRY_AFTER_SECONDS, WebhookReceiver, json_response
+from clerk_sync.webhook import RETRY_AFTER_SECONDS, WebhookReceiver, json_response, send_json
 
 WEBHOOK_PATH = "/api/webhooks/clerk"
 
@@ -31,6 +33,39 @@ class _Opened:
 
     store: Store | None = None
     receiver: WebhookReceiver | None = None
+
+
+class _AsgiEndpoint:
+    """Wraps an ASGI function so that Starlette's Route calls it as an app, not as a
+    request-response handler (which it does for every plain function)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+class ClerkSyncApp(Starlette):
+    """A Starlette app that answers POST /api/webhooks/clerk (the hot path: every delivery)
+    before its middleware stack and router, which serve every other request. Mounted under a
+    prefix, the webhook goes through the router like the rest."""
+
+    def __init__(self, *, webhook: ASGIApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._webhook = webhook
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == WEBHOOK_PATH
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+        ):
+            scope["app"] = self
+            await self._webhook(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def start_draining(app: Starlette) -> None:
@@ -51,10 +86,11 @@ def create_app(
     opened = _Opened()
     limiter = FailedVerificationLimiter(failed_verification_limit)
 
-    async def receive(request: Request) -> Response:
+    async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
         if opened.receiver is None:
-            return json_response(503, {"error": "starting"}, {"Retry-After": RETRY_AFTER_SECONDS})
-        return await opened.receiver(request)
+            await send_json(send, 503, {"error": "starting"}, {"Retry-After": RETRY_AFTER_SECONDS})
+        else:
+            await opened.receiver(scope, receive, send)
 
     async def healthz(request: Request) -> Response:
         return json_response(200, {"status": "ok"})
@@ -94,9 +130,11 @@ def create_app(
                     await task
             await opened.store.close()
 
-    return Starlette(
+    return ClerkSyncApp(
+        webhook=receive_webhook,
         routes=[
-            Route(WEBHOOK_PATH, receive, methods=["POST"]),
+            # A plain ASGI endpoint: no Request and Response objects on the hot path.
+            Route(WEBHOOK_PATH, _AsgiEndpoint(receive_webhook), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_route, methods=["GET"]),

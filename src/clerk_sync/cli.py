@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
@@ -184,7 +183,8 @@ def run_server(
 ) -> None:
     import uvicorn
 
-    from clerk_sync.app import create_app_from_settings, start_draining
+    from clerk_sync.app import create_app_from_settings
+    from clerk_sync.server import Server
 
     base = f"http://{settings.host}:{settings.port}"
     typer.echo(
@@ -193,14 +193,6 @@ def run_server(
         err=True,
     )
     app = create_app_from_settings(settings, dsn)
-
-    class DrainingServer(uvicorn.Server):
-        """On SIGTERM or Ctrl+C: /readyz turns 503 at once, no new connections are taken, and
-        deliveries in flight finish (within the grace period) before the database closes."""
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            start_draining(app)
-            super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
         app,
@@ -215,7 +207,7 @@ def run_server(
     # uvicorn re-raises SIGTERM once it has shut down; ending the process there would skip
     # stopping the embedded database. Make it end this block like Ctrl+C does instead.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    DrainingServer(config).run()
+    Server(config, app).run()
 
 
 @cli.command()

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import cache
 from typing import Any
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from clerk_sync import metrics
 from clerk_sync.events import NotAClerkEvent, Outcome, parse_event
@@ -31,6 +32,14 @@ RETRY_AFTER_SECONDS = "5"
 BODY_READ_SECONDS = 10
 # Tells Svix to stop retrying this one message (and nothing more: never "disable").
 ABORT_RETRIES = {"webhook-delivery": "abort-message"}
+# An answer: status, JSON body, extra headers, and the outcome (for the log line and metrics).
+Answer = tuple[int, dict[str, Any], dict[str, str] | None, str]
+# The headers a delivery is verified with (Svix's names and their Standard Webhooks twins).
+_SIGNATURE_HEADERS = frozenset(
+    f"{family}-{name}".encode()
+    for family in ("svix", "webhook")
+    for name in ("id", "timestamp", "signature")
+)
 
 
 class BodyTooLarge(Exception):
@@ -43,22 +52,59 @@ def json_response(
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+@cache
+def _answer_start(status: int, length: int, extra: tuple[tuple[str, str], ...]) -> Message:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % length)]
+    headers += [(name.lower().encode(), value.encode()) for name, value in extra]
+    return {"type": "http.response.start", "status": status, "headers": headers}
+
+
+async def send_json(
+    send: Send, status: int, content: dict[str, Any], headers: dict[str, str] | None = None
+) -> None:
+    """Answer with a JSON body, straight through ASGI (the webhook's hot path)."""
+    body = orjson.dumps(content)
+    await send(_answer_start(status, len(body), tuple((headers or {}).items())))
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The raw body, refused as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            raise ConnectionAbortedError
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def signature_headers(scope: Scope) -> dict[str, str]:
+    """The svix-*/webhook-* headers of a request (names are lower case in ASGI)."""
+    return {
+        name.decode(): value.decode("latin-1")
+        for name, value in scope["headers"]
+        if name in _SIGNATURE_HEADERS
+    }
+
+
+@cache
+def _delivery_counter(metric_type: str, outcome: str) -> Any:
+    return metrics.DELIVERIES.labels(metric_type, outcome)
 
 
 class WebhookReceiver:
+    """The ASGI app for POST /api/webhooks/clerk."""
+
     def __init__(
         self,
         verifier: Verifier,
@@ -72,49 +118,48 @@ class WebhookReceiver:
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         line: dict[str, Any] = {}
         metrics.IN_FLIGHT.inc()
         try:
-            response, outcome = await self._handle(request, line)
+            status, content, headers, outcome = await self._handle(scope, receive, line)
+        except ConnectionAbortedError:
+            return  # nobody to answer
         finally:
             metrics.IN_FLIGHT.dec()
+        await send_json(send, status, content, headers)
         elapsed = time.perf_counter() - started
         if line.get("type"):
-            metrics.DELIVERIES.labels(line["metric_type"], outcome).inc()
+            _delivery_counter(line["metric_type"], outcome).inc()
             metrics.LATENCY.observe(elapsed)
-        line.update(
-            outcome=outcome, status=response.status_code, duration_ms=round(elapsed * 1000, 1)
-        )
+        line.update(outcome=outcome, status=status, duration_ms=round(elapsed * 1000, 1))
         log.log(
-            logging.WARNING
-            if response.status_code >= 500 or outcome == "invalid"
-            else logging.INFO,
+            logging.WARNING if status >= 500 or outcome == "invalid" else logging.INFO,
             "delivery",
             extra={"delivery": line},
         )
-        return response
 
-    async def _handle(self, request: Request, line: dict[str, Any]) -> tuple[Response, str]:
-        """Answer one delivery; `line` collects what its log line says. Returns the response
-        and its outcome: one of the contract's four, or why it was not applied."""
+    async def _handle(self, scope: Scope, receive: Receive, line: dict[str, Any]) -> Answer:
+        """Answer one delivery; `line` collects what its log line says. Returns the answer's
+        status, body and headers, and its outcome: one of the contract's four, or why it was
+        not applied."""
         try:
             async with asyncio.timeout(BODY_READ_SECONDS):
-                body = await read_body(request, self.max_body_bytes)
+                body = await read_body(scope, receive, self.max_body_bytes)
         except BodyTooLarge:
             metrics.VERIFICATION_FAILURES.labels("body_too_large").inc()
             error = f"body larger than {self.max_body_bytes} bytes"
-            return json_response(413, {"error": error}), "too_large"
+            return 413, {"error": error}, None, "too_large"
         except TimeoutError:
             metrics.VERIFICATION_FAILURES.labels("body_timeout").inc()
             error = f"the body took longer than {BODY_READ_SECONDS} s to arrive"
-            return json_response(408, {"error": error}), "body_timeout"
+            return 408, {"error": error}, None, "body_timeout"
 
         try:
-            delivery = self.verifier.verify(request.headers, body)
+            delivery = self.verifier.verify(signature_headers(scope), body)
         except VerificationError as exc:
-            return self._refuse(request, exc)
+            return self._refuse(scope, exc)
         message_id = line["svix_id"] = delivery.message_id
 
         try:
@@ -129,40 +174,35 @@ class WebhookReceiver:
         except StoreUnavailable as exc:
             metrics.DATABASE_ERRORS.inc()
             line["error"] = str(exc)
-            return self._unavailable(), "unavailable"
+            return self._unavailable("unavailable")
         except EventRejected as exc:
             line["error"] = f"the database refused it: {exc}"
             return await self._dead_letter(message_id, body, line["error"])
         if outcome is Outcome.APPLIED:
             metrics.LAST_APPLIED.set_to_current_time()
-        return json_response(200, {"outcome": outcome.value}), outcome.value
+        return 200, {"outcome": outcome.value}, None, outcome.value
 
-    def _refuse(self, request: Request, exc: VerificationError) -> tuple[Response, str]:
+    def _refuse(self, scope: Scope, exc: VerificationError) -> Answer:
         metrics.VERIFICATION_FAILURES.labels(exc.reason).inc()
-        client = request.client.host if request.client else "unknown"
-        if self.limiter.record_failure(client):
+        client = scope.get("client")
+        if self.limiter.record_failure(client[0] if client else "unknown"):
             error = "too many failed verifications from this client"
-            return json_response(429, {"error": error}, {"Retry-After": "60"}), "rate_limited"
-        return json_response(exc.status, {"error": exc.message}), exc.reason
+            return 429, {"error": error}, {"Retry-After": "60"}, "rate_limited"
+        return exc.status, {"error": exc.message}, None, exc.reason
 
-    def _unavailable(self) -> Response:
-        return json_response(
-            503,
-            {"error": "database unavailable, retry later"},
-            {"Retry-After": RETRY_AFTER_SECONDS},
-        )
+    def _unavailable(self, outcome: str) -> Answer:
+        error = "database unavailable, retry later"
+        return 503, {"error": error}, {"Retry-After": RETRY_AFTER_SECONDS}, outcome
 
-    async def _dead_letter(self, message_id: str, body: bytes, error: str) -> tuple[Response, str]:
+    async def _dead_letter(self, message_id: str, body: bytes, error: str) -> Answer:
         """A genuine delivery that can never apply: keep it, and tell Svix to stop retrying."""
         try:
             await self.store.record_invalid(message_id, body, error)
         except StoreUnavailable:
             metrics.DATABASE_ERRORS.inc()
             # Not kept yet: let Svix bring it back when the database can take it.
-            return self._unavailable(), "unavailable"
+            return self._unavailable("unavailable")
         except EventRejected:
             log.error("delivery %s could not even be kept as a dead letter", message_id)
         metrics.DEAD_LETTERS.inc()
-        return json_response(
-            400, {"error": f"not a Clerk event: {error}"}, ABORT_RETRIES
-        ), "invalid"
+        return 400, {"error": f"not a Clerk event: {error}"}, ABORT_RETRIES, "invalid"
