@@ -201,6 +201,7 @@ def run_server(
         log_config=None,
         log_level=log_level.lower(),
         access_log=False,
+        server_header=False,
         forwarded_allow_ips=forwarded_allow_ips,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )

@@ -26,10 +26,23 @@ DATABASE_ERRORS = Counter(
     "clerk_sync_database_errors",
     "Deliveries answered 503 because the database was unavailable or too slow.",
 )
+
+
+class Live:
+    """What every delivery updates, kept as plain attributes (no lock, one event loop) and read
+    when /metrics is scraped."""
+
+    in_flight = 0
+    last_applied = 0.0
+
+
+LIVE = Live()
+
 IN_FLIGHT = Gauge(
     "clerk_sync_requests_in_flight",
     "Webhook deliveries being handled right now.",
 )
+IN_FLIGHT.set_function(lambda: LIVE.in_flight)
 DEAD_LETTERS = Counter(
     "clerk_sync_dead_letters",
     "Verified deliveries that can never apply (not a Clerk event), kept in clerk_sync.inbox.",
@@ -38,6 +51,7 @@ LAST_APPLIED = Gauge(
     "clerk_sync_last_applied_timestamp_seconds",
     "When this process last applied a delivery (alert on time() minus this growing).",
 )
+LAST_APPLIED.set_function(lambda: LIVE.last_applied)
 LATENCY = Histogram(
     "clerk_sync_delivery_duration_seconds",
     "Time from request to answer for verified deliveries.",

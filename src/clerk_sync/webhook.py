@@ -121,13 +121,13 @@ class WebhookReceiver:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         line: dict[str, Any] = {}
-        metrics.IN_FLIGHT.inc()
+        metrics.LIVE.in_flight += 1
         try:
             status, content, headers, outcome = await self._handle(scope, receive, line)
         except ConnectionAbortedError:
             return  # nobody to answer
         finally:
-            metrics.IN_FLIGHT.dec()
+            metrics.LIVE.in_flight -= 1
         await send_json(send, status, content, headers)
         elapsed = time.perf_counter() - started
         if line.get("type"):
@@ -179,7 +179,7 @@ class WebhookReceiver:
             line["error"] = f"the database refused it: {exc}"
             return await self._dead_letter(message_id, body, line["error"])
         if outcome is Outcome.APPLIED:
-            metrics.LAST_APPLIED.set_to_current_time()
+            metrics.LIVE.last_applied = time.time()
         return 200, {"outcome": outcome.value}, None, outcome.value
 
     def _refuse(self, scope: Scope, exc: VerificationError) -> Answer:
