@@ -12,6 +12,10 @@ LABELS = {
     "starlette": "Starlette + svix + asyncpg",
     "baseline": "Starlette, 204, no DB",
 }
+COLD_START_LABELS = {
+    "clerk-sync": "clerk-sync, direct PostgreSQL",
+    "clerk-sync-rest": "clerk-sync, REST mode (Supabase stand-in)",
+}
 
 
 def ratios(throughput: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -99,7 +103,8 @@ def cold_start_markdown(cold: dict[str, Any]) -> str:
     ]
     for name, row in cold["servers"].items():
         runs = ", ".join(f"{ms:.0f}" for ms in row["runs_ms"])
-        lines.append(f"| {LABELS.get(name, name)} | {row['median_ms']:.0f} | {runs} |")
+        label = COLD_START_LABELS.get(name, LABELS.get(name, name))
+        lines.append(f"| {label} | {row['median_ms']:.0f} | {runs} |")
     imports = cold["imports"]
     heaviest = ", ".join(f"{n} {ms:.0f}" for n, ms in imports["import_self_ms_by_package"].items())
     lines += [
