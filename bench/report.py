@@ -8,6 +8,7 @@ from typing import Any
 
 LABELS = {
     "clerk-sync": "clerk-sync",
+    "clerk-sync-logged": "clerk-sync, a log line per delivery",
     "express": "Express + svix + pg",
     "starlette": "Starlette + svix + asyncpg",
     "baseline": "Starlette, 204, no DB",
@@ -25,7 +26,7 @@ def ratios(throughput: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]
         return {}
     out: dict[str, dict[str, float]] = {}
     for name, theirs in throughput.items():
-        if name == "clerk-sync":
+        if name.startswith("clerk-sync"):
             continue
         out[name] = {
             "throughput": round(ours["deliveries_per_s"] / theirs["deliveries_per_s"], 3),
@@ -67,7 +68,7 @@ def markdown(results: dict[str, Any]) -> str:
     for name, row in throughput.items():
         ratio = (
             f"{ours['deliveries_per_s'] / row['deliveries_per_s']:.2f}x"
-            if ours and name != "clerk-sync"
+            if ours and not name.startswith("clerk-sync")
             else ""
         )
         db_cpu = f"{row['db_cpu_s_per_1k']:.3f}" if row["db_cpu_s_per_1k"] is not None else "-"
@@ -133,7 +134,12 @@ def chart(path: Path, results: dict[str, Any]) -> None:
     throughput: dict[str, dict[str, Any]] = results["throughput"]
     names = list(throughput)
     rates = [throughput[n]["deliveries_per_s"] for n in names]
-    colors = {"clerk-sync": "#6c47ff", "express": "#8a8a8a", "starlette": "#b0b0b0"}
+    colors = {
+        "clerk-sync": "#6c47ff",
+        "clerk-sync-logged": "#a993ff",
+        "express": "#8a8a8a",
+        "starlette": "#b0b0b0",
+    }
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     bars = ax.bar(
         [LABELS.get(n, n).replace(", ", ",\n", 1).replace(" + ", "\n+ ", 1) for n in names],

@@ -11,7 +11,10 @@ In one invocation, one after another against the same PostgreSQL, each on a fres
 its own and with the same generated deliveries (~3 KB signed Clerk user.created/user.updated
 bodies, fresh timestamps: new users, updates, ~5% duplicate deliveries, ~5% stale updates):
 
-- clerk-sync            `python -m clerk_sync serve`
+- clerk-sync            `python -m clerk_sync serve --log-level warning` (the references log
+                        nothing per delivery either)
+- clerk-sync-logged     `python -m clerk_sync serve` at its default level: a JSON log line per
+                        delivery, to a file
 - express               bench/reference/express: Express + svix + pg, one upsert per delivery
 - starlette             bench/reference/starlette_ref.py: Starlette + svix + asyncpg, one upsert
                         (uvicorn, uvloop, httptools, 1 worker)
@@ -20,7 +23,8 @@ bodies, fresh timestamps: new users, updates, ~5% duplicate deliveries, ~5% stal
 each driven by `wrk -t1 -c32` for 10 s after a 2 s warm-up. Reports deliveries/s, p50/p99
 latency, non-2xx answers, CPU seconds per 1,000 deliveries of the server's process tree (and of
 its PostgreSQL backends), and clerk-sync / each other server. Then the cold start: spawn to
-first answered delivery (median of 5, database already migrated) and import times. Prints a
+first answered delivery (median of 5, database already migrated), for clerk-sync both on
+PostgreSQL directly and in REST mode (through the tests' PostgREST stand-in), and import times. Prints a
 markdown table and writes bench/results/latest.json and bench/results/latest.png. About two
 minutes on 2 cores.
 
@@ -277,7 +281,7 @@ def cold_start(
     args: argparse.Namespace, scratch: Path, databases: servers.Databases, secret: str, key: bytes
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"servers": {}}
-    for name in [n for n in args.targets.split(",") if n != "baseline"]:
+    for name in [n for n in args.targets.split(",") if n not in ("baseline", "clerk-sync-logged")]:
         target = servers.TARGETS[name]
         if name == "clerk-sync":
             # Database migrated beforehand, as a serverless deployment runs it.

@@ -52,6 +52,14 @@ TARGETS = {
         True,
         "/readyz",
     ),
+    "clerk-sync-logged": Target(
+        "clerk-sync-logged",
+        "clerk-sync serve at its default log level: one JSON line per delivery, to a file",
+        lambda port: [sys.executable, "-m", "clerk_sync", "serve"],
+        None,
+        True,
+        "/readyz",
+    ),
     "express": Target(
         "express",
         "Express + svix + pg, one upsert",
