@@ -5,6 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
+from collections.abc import Iterator
+
+import pytest
 
 from clerk_sync import logs
 
@@ -53,19 +57,54 @@ def test_an_error_carrying_user_data_is_masked() -> None:
         assert "bob@corp.io" not in line and "abcdefghijklmnop" not in line
 
 
-def test_configure_routes_everything_through_the_masking_formatter() -> None:
+@pytest.fixture
+def configured() -> Iterator[logging.Handler]:
+    """logs.configure() for one test; yields the handler its writer thread writes through."""
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
-    stream = io.StringIO()
     try:
         logs.configure("info", json_lines=True)
-        handler = root.handlers[0]
-        assert isinstance(handler, logging.StreamHandler)
-        handler.setStream(stream)
-        logging.getLogger("clerk_sync.test").info("connecting with sk_test_0123456789abcdef")
+        assert logs._writer is not None
+        yield logs._writer.handlers[0]
     finally:
+        logs.stop()
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def test_configure_routes_everything_through_the_masking_formatter(
+    configured: logging.Handler,
+) -> None:
+    stream = io.StringIO()
+    assert isinstance(configured, logging.StreamHandler)
+    configured.setStream(stream)
+    logging.getLogger("clerk_sync.test").info("connecting with sk_test_0123456789abcdef")
+    logs.flush()
     out = stream.getvalue()
     assert "0123456789abcdef" not in out
     assert json.loads(out)["level"] == "info"
+
+
+class SlowStream(io.StringIO):
+    """A disk or a pipe that takes its time."""
+
+    def write(self, text: str) -> int:
+        time.sleep(0.2)
+        return super().write(text)
+
+
+def test_a_slow_output_never_holds_up_the_caller_and_loses_nothing(
+    configured: logging.Handler,
+) -> None:
+    stream = SlowStream()
+    assert isinstance(configured, logging.StreamHandler)
+    configured.setStream(stream)
+    log = logging.getLogger("clerk_sync.test")
+    started = time.monotonic()
+    for n in range(5):
+        log.info("line %d", n)
+    logging_took = time.monotonic() - started
+    logs.stop()  # as at exit: everything queued is written first
+    assert logging_took < 0.5  # written in line, five lines would take 1 s
+    lines = [json.loads(line)["message"] for line in stream.getvalue().splitlines()]
+    assert lines == [f"line {n}" for n in range(5)]

