@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -118,3 +118,24 @@ def test_mounted_under_a_prefix_the_webhook_goes_through_the_router(
         assert response.status_code == 200, response.text
         assert response.json() == {"outcome": "applied"}
         assert test_client.get("/clerk/api/webhooks/clerk").status_code == 405
+
+
+def test_middleware_that_edits_an_answers_headers_leaves_the_next_answer_alone(
+    db: str, secret: tuple[str, bytes], tmp_path: Path
+) -> None:
+    settings = Settings(webhook_secret=secret[0], database_url=db, data_dir=tmp_path)
+    inner = create_app_from_settings(settings, db)
+
+    async def tagging(scope: Any, receive: Any, send: Any) -> None:
+        async def tag(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"].append((b"x-tag", b"1"))  # in place, as GZip's does
+            await send(message)
+
+        await inner(scope, receive, tag)
+
+    with TestClient(cast(Starlette, tagging)) as test_client:
+        for _ in range(3):
+            response = test_client.post("/api/webhooks/clerk", content=b"{}")
+            assert response.status_code == 400
+            assert response.headers.get_list("x-tag") == ["1"]

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import orjson
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from clerk_sync import metrics
 from clerk_sync.events import NotAClerkEvent, Outcome, parse_event
@@ -52,11 +52,13 @@ def json_response(
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
-@cache
-def _answer_start(status: int, length: int, extra: tuple[tuple[str, str], ...]) -> Message:
+@lru_cache(maxsize=256)
+def _answer_headers(
+    length: int, extra: tuple[tuple[str, str], ...]
+) -> tuple[tuple[bytes, bytes], ...]:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % length)]
     headers += [(name.lower().encode(), value.encode()) for name, value in extra]
-    return {"type": "http.response.start", "status": status, "headers": headers}
+    return tuple(headers)
 
 
 async def send_json(
@@ -64,7 +66,14 @@ async def send_json(
 ) -> None:
     """Answer with a JSON body, straight through ASGI (the webhook's hot path)."""
     body = orjson.dumps(content)
-    await send(_answer_start(status, len(body), tuple((headers or {}).items())))
+    # A fresh list each time: middleware (GZip, say) may edit the headers it is given.
+    extra = tuple((headers or {}).items())
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": list(_answer_headers(len(body), extra)),
+    }
+    await send(start)
     await send({"type": "http.response.body", "body": body})
 
 
