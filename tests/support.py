@@ -8,6 +8,7 @@ a database get a throwaway embedded server of their own.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import contextlib
 import json
@@ -279,6 +280,7 @@ class ServerProcess:
             fd, name = tempfile.mkstemp(prefix="clerk-sync-serve-", suffix=".log")
             os.close(fd)
             log_path = Path(name)
+            atexit.register(log_path.unlink, missing_ok=True)  # read until the tests end
         self.log_path = log_path
         full_env = {**os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
         with log_path.open("ab") as log:
