@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 
+import asyncpg
 import pytest
 
 from clerk_sync.events import Outcome, parse_event
 from clerk_sync.storage import EventRejected
-from clerk_sync.storage.postgres import PostgresStore
+from clerk_sync.storage.postgres import PostgresStore, _Write
 from tests import support
 
 
@@ -86,3 +87,40 @@ def test_a_burst_in_one_batch_matches_one_by_one(db: str, mode: str) -> None:
         expected.pop("user_3")
     for user_id, version in expected.items():
         assert got.get(user_id) == version or user_id == "user_3"
+
+
+def test_when_a_batch_is_applied_one_by_one_each_answer_is_its_own(db: str) -> None:
+    """A refused event sends its batch through one-by-one writes; a slow one among them must
+    not turn the others' committed writes into 503s (a 503 promises nothing changed)."""
+    bad = b'{"type":"user.updated","data":{"id":"user_bad","updated_at":1,"x":1e-20000}}'
+
+    async def go() -> tuple[list[object], float]:
+        store = await PostgresStore.open(db, timeout=1.0)
+        holder = await asyncpg.connect(db)
+        try:
+            # user_slow's write waits for this lock (the write path's per-user lock) for 2 s.
+            await holder.execute("begin")
+            await holder.execute("select pg_advisory_xact_lock(1668049779, hashtext('user_slow'))")
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            batch = [
+                _Write("msg_first", parse_event(event("user_first", 1)), now + 1.0),
+                _Write("msg_bad", parse_event(bad), now + 1.0),
+                _Write("msg_slow", parse_event(event("user_slow", 1)), now + 3.5),
+                _Write("msg_last", parse_event(event("user_last", 1)), now + 5.0),
+            ]
+            loop.call_later(2.0, lambda: asyncio.ensure_future(holder.execute("commit")))
+            started = loop.time()
+            results = await store._apply_batch(batch)
+            return list(results), loop.time() - started
+        finally:
+            await holder.close()
+            await store.close()
+
+    results, took = asyncio.run(go())
+    assert results[0] == Outcome.APPLIED
+    assert isinstance(results[1], EventRejected)
+    assert results[2:] == [Outcome.APPLIED, Outcome.APPLIED]
+    assert took >= 2.0
+    rows = support.fetch(db, "select id from public.users order by id")
+    assert [r["id"] for r in rows] == ["user_first", "user_last", "user_slow"]

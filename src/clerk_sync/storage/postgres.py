@@ -127,14 +127,17 @@ class PostgresStore:
         out, so a write that is answered 503 is rolled back, not committed later."""
         loop = asyncio.get_running_loop()
         try:
-            budget = deadline - loop.time()
-            if budget <= 0:
-                raise TimeoutError
-            async with self._pool.acquire(timeout=budget) as conn:
+            # The extra second lets the statement's own timeout answer first; it only guards
+            # against a stuck driver.
+            async with asyncio.timeout_at(deadline + 1):
                 budget = deadline - loop.time()
                 if budget <= 0:
                     raise TimeoutError
-                return list(await conn.fetch(query, *args, timeout=budget))
+                async with self._pool.acquire(timeout=budget) as conn:
+                    budget = deadline - loop.time()
+                    if budget <= 0:
+                        raise TimeoutError
+                    return list(await conn.fetch(query, *args, timeout=budget))
         except asyncpg.DataError as exc:
             raise EventRejected(str(exc)) from None
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
@@ -154,21 +157,10 @@ class PostgresStore:
         return await self._writer.submit(_Write(message_id, event, self._deadline()))
 
     async def _apply_batch(self, batch: list[_Write]) -> list[Outcome | Exception]:
-        deadline = min(write.deadline for write in batch)
-        try:
-            # Each statement gives up at its deadline; the margin lets its 503 arrive first, and
-            # only guards against a stuck driver.
-            async with asyncio.timeout_at(deadline + 1):
-                return await self._apply_batch_by(batch, deadline)
-        except TimeoutError:
-            return [StoreUnavailable("the database did not answer in time")] * len(batch)
-
-    async def _apply_batch_by(
-        self, batch: list[_Write], deadline: float
-    ) -> list[Outcome | Exception]:
         if len(batch) > 1:
             ids = [write.message_id for write in batch]
             bodies = [write.event.body for write in batch]
+            deadline = min(write.deadline for write in batch)
             try:
                 rows = await self._fetch(deadline, APPLY_BATCH_SQL, ids, bodies, self._delete_mode)
             except StoreUnavailable as exc:
