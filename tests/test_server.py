@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-from typing import cast
+from typing import Any, cast
 
+import pytest
 import uvicorn
+import uvloop
 from starlette.applications import Starlette
 
-from clerk_sync.server import Server, _Corked
+from clerk_sync.server import Server, _Corked, http_protocol
+from tests import support
 
 
 def test_startup_freezes_what_exists_and_a_signal_starts_draining() -> None:
@@ -88,3 +91,55 @@ def test_closing_sends_what_is_pending_first_and_nothing_goes_out_after() -> Non
     transport = asyncio.run(go())
     assert transport.writes == [b"bye"]
     assert transport.closed
+
+
+def test_nothing_goes_out_once_the_connection_is_lost() -> None:
+    async def go() -> RecordingTransport:
+        transport = RecordingTransport()
+        corked = _Corked(cast(asyncio.Transport, transport))
+        corked.write(b"too late")
+        corked.lost = True
+        await asyncio.sleep(0)
+        return transport
+
+    assert asyncio.run(go()).writes == []
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_a_client_that_half_closes_still_gets_its_answer(run: Any) -> None:
+    """A client may send its request, shut down its sending side, and read the answer."""
+
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": b"no"})
+
+    async def go() -> list[bytes]:
+        port = support.free_port()
+        config = uvicorn.Config(
+            answer, host="127.0.0.1", port=port, http=http_protocol(), lifespan="off",
+            log_config=None,
+        )  # fmt: skip
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        for _ in range(500):
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        answers = []
+        try:
+            for _ in range(20):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+                writer.write_eof()
+                answers.append(await asyncio.wait_for(reader.read(), 5))
+                writer.close()
+        finally:
+            server.should_exit = True
+            await serving
+        return answers
+
+    answers = run(go())
+    assert all(a.startswith(b"HTTP/1.1 401") and a.endswith(b"\r\n\r\nno") for a in answers)

@@ -184,7 +184,7 @@ def run_server(
     import uvicorn
 
     from clerk_sync.app import create_app_from_settings
-    from clerk_sync.server import CorkedHttpToolsProtocol, Server
+    from clerk_sync.server import Server, http_protocol
 
     base = f"http://{settings.host}:{settings.port}"
     typer.echo(
@@ -202,7 +202,7 @@ def run_server(
         log_level=log_level.lower(),
         access_log=False,
         server_header=False,
-        http=CorkedHttpToolsProtocol,
+        http=http_protocol(),
         forwarded_allow_ips=forwarded_allow_ips,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )

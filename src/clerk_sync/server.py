@@ -4,6 +4,7 @@ receiver needs at the start and the end of its life, and each answer written in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
 from types import FrameType
@@ -11,7 +12,6 @@ from typing import Any, cast
 
 import uvicorn
 from starlette.applications import Starlette
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from clerk_sync.app import start_draining
 
@@ -46,27 +46,53 @@ class _Corked:
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         self._pending: list[bytes] = []
+        self.lost = False  # the connection is gone: nothing more can be sent
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self._pending:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._pending.append(bytes(data))
 
-    def _flush(self) -> None:
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            if not self._transport.is_closing():
-                self._transport.write(data)
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        if self.lost:
+            return
+        # A transport that is closing still sends what it is given, as it would have been
+        # given it straight away; one whose socket is already closed may refuse.
+        with contextlib.suppress(RuntimeError):
+            self._transport.write(data)
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
 
-class CorkedHttpToolsProtocol(HttpToolsProtocol):
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(cast(asyncio.Transport, _Corked(transport)))
+def http_protocol() -> type[asyncio.Protocol] | str:
+    """uvicorn's httptools protocol with corked writes; without httptools (it is installed on
+    CPython only), uvicorn's own choice."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return "auto"
+
+    class CorkedHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            self._corked = _Corked(transport)
+            super().connection_made(cast(asyncio.Transport, self._corked))
+
+        def eof_received(self) -> None:
+            # The client has sent all it will (it may still read): send what is ready before
+            # the transport closes itself.
+            self._corked.flush()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._corked.lost = True
+            super().connection_lost(exc)
+
+    return CorkedHttpToolsProtocol
