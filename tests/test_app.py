@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from starlette.applications import Starlette
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
@@ -139,3 +140,18 @@ def test_middleware_that_edits_an_answers_headers_leaves_the_next_answer_alone(
             response = test_client.post("/api/webhooks/clerk", content=b"{}")
             assert response.status_code == 400
             assert response.headers.get_list("x-tag") == ["1"]
+
+
+def test_middleware_added_to_the_app_sees_the_webhook_too(
+    db: str, secret: tuple[str, bytes], tmp_path: Path
+) -> None:
+    settings = Settings(webhook_secret=secret[0], database_url=db, data_dir=tmp_path)
+    app = create_app_from_settings(settings, db)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=["hooks.example.com"])
+    body = support.dumps(support.user_event("user.created", "user_hosted", 1))
+    with TestClient(app, base_url="http://elsewhere.example.org") as test_client:
+        response = test_client.post(
+            "/api/webhooks/clerk", content=body, headers=support.signed_headers(secret[1], body)
+        )
+        assert response.status_code == 400
+    assert support.fetch(db, "select count(*) as n from public.users") == [{"n": 0}]

@@ -613,3 +613,20 @@ def test_verified_but_invalid_bodies_do_not_count_as_failures(
         response = post(client, body, support.signed_headers(secret[1], body))
         assert response.status_code == 400
     assert forged(client).status_code == 401
+
+
+def test_of_a_header_sent_twice_the_first_counts(
+    client: TestClient, secret: tuple[str, bytes]
+) -> None:
+    body = support.dumps(support.user_event("user.created", "user_twice", 1))
+    good = support.signed_headers(secret[1], body)
+    headers = [*good.items(), ("svix-signature", "v1," + "A" * 44)]
+    response = client.post(WEBHOOK_PATH, content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    forged_first = [(k, v) for k, v in good.items() if k != "svix-signature"]
+    forged_first += [
+        ("svix-signature", "v1," + "A" * 44),
+        ("svix-signature", good["svix-signature"]),
+    ]
+    response = client.post(WEBHOOK_PATH, content=body, headers=forged_first)
+    assert response.status_code == 401

@@ -49,7 +49,8 @@ class _AsgiEndpoint:
 class ClerkSyncApp(Starlette):
     """A Starlette app that answers POST /api/webhooks/clerk (the hot path: every delivery)
     before its middleware stack and router, which serve every other request. Mounted under a
-    prefix, the webhook goes through the router like the rest."""
+    prefix, or once middleware of your own is added (`add_middleware`), the webhook goes
+    through the stack and the router like the rest."""
 
     def __init__(self, *, webhook: ASGIApp, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -61,6 +62,7 @@ class ClerkSyncApp(Starlette):
             and scope["path"] == WEBHOOK_PATH
             and scope["method"] == "POST"
             and not scope.get("root_path")
+            and not self.user_middleware
         ):
             scope["app"] = self
             await self._webhook(scope, receive, send)

@@ -98,12 +98,13 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 def signature_headers(scope: Scope) -> dict[str, str]:
-    """The svix-*/webhook-* headers of a request (names are lower case in ASGI)."""
-    return {
-        name.decode(): value.decode("latin-1")
-        for name, value in scope["headers"]
-        if name in _SIGNATURE_HEADERS
-    }
+    """The svix-*/webhook-* headers of a request (names are lower case in ASGI); of a header
+    sent twice, the first, as Starlette's `Headers.get` gives."""
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in _SIGNATURE_HEADERS:
+            found.setdefault(name.decode(), value.decode("latin-1"))
+    return found
 
 
 @cache
