@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -108,3 +109,54 @@ def test_a_slow_output_never_holds_up_the_caller_and_loses_nothing(
     assert logging_took < 0.5  # written in line, five lines would take 1 s
     lines = [json.loads(line)["message"] for line in stream.getvalue().splitlines()]
     assert lines == [f"line {n}" for n in range(5)]
+
+
+class StalledStream(io.StringIO):
+    """An output that takes nothing until it is released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.released.wait(10)
+        return super().write(text)
+
+
+def test_a_stalled_output_drops_lines_past_the_limit_and_says_how_many(
+    configured: logging.Handler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = StalledStream()
+    assert isinstance(configured, logging.StreamHandler)
+    configured.setStream(stream)
+    root = logging.getLogger()
+    assert logs._writer is not None
+    limit = 5
+    monkeypatch.setattr(logs._writer.queue, "maxsize", limit)
+    log = logging.getLogger("clerk_sync.test")
+    for n in range(limit + 10):
+        log.info("line %d", n)
+    stream.released.set()
+    logs.flush()
+    log.info("after")
+    logs.flush()
+    messages = [json.loads(line)["message"] for line in stream.getvalue().splitlines()]
+    assert messages[-1] == "after"
+    dropped = int(messages[-2].removesuffix(" log lines dropped: the output did not keep up"))
+    kept = messages[:-2]
+    # The queue's five, and the one the writer may have taken before the output stalled.
+    assert len(kept) in (limit, limit + 1)
+    assert kept == [f"line {n}" for n in range(len(kept))]
+    assert len(kept) + dropped == limit + 10
+    assert root.handlers
+
+
+def test_lines_logged_after_the_writer_stops_are_written_directly(
+    configured: logging.Handler,
+) -> None:
+    stream = io.StringIO()
+    assert isinstance(configured, logging.StreamHandler)
+    configured.setStream(stream)
+    logs.stop()  # as at exit
+    logging.getLogger("clerk_sync.test").warning("late")
+    assert json.loads(stream.getvalue())["message"] == "late"

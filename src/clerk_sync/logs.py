@@ -77,12 +77,41 @@ class TextFormatter(logging.Formatter):
         return mask(super().format(record))
 
 
+# Lines waiting for the writer thread at most; past that (the output has stalled), new lines
+# are dropped, and a line says how many once there is room again.
+QUEUE_LIMIT = 100_000
+
+
 class _Enqueue(logging.handlers.QueueHandler):
     """Hands each record as it is to the writer thread, which formats and writes it: a slow
     disk or a full pipe then holds up that thread, never the event loop and its deliveries."""
 
+    def __init__(self, records: queue.Queue[logging.LogRecord]) -> None:
+        super().__init__(records)
+        self.dropped = 0
+
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            if self.dropped:
+                self.queue.put_nowait(_dropped_note(self.dropped))
+                self.dropped = 0
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+def _dropped_note(count: int) -> logging.LogRecord:
+    return logging.makeLogRecord(
+        {
+            "name": "clerk_sync.logs",
+            "levelno": logging.WARNING,
+            "levelname": "WARNING",
+            "msg": f"{count} log lines dropped: the output did not keep up",
+        }
+    )
 
 
 _writer: logging.handlers.QueueListener | None = None
@@ -90,7 +119,8 @@ _writer: logging.handlers.QueueListener | None = None
 
 def configure(level: str = "info", *, json_lines: bool | None = None) -> None:
     """Send every log line to stderr, as JSON unless stderr is a terminal, written by a thread
-    of its own (`flush` waits for it; it stops, having written everything, at exit)."""
+    of its own (`flush` waits for it; at exit it writes what is queued and stops, and lines
+    logged after that are written directly)."""
     global _writer
     use_json = not sys.stderr.isatty() if json_lines is None else json_lines
     handler = logging.StreamHandler()
@@ -102,7 +132,7 @@ def configure(level: str = "info", *, json_lines: bool | None = None) -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     stop()
-    records: queue.Queue[logging.LogRecord] = queue.Queue()
+    records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_LIMIT)
     _writer = logging.handlers.QueueListener(records, handler)
     _writer.start()
     root = logging.getLogger()
@@ -119,8 +149,12 @@ def flush() -> None:
 
 @atexit.register
 def stop() -> None:
-    """Write what is queued and stop the writer thread."""
+    """Write what is queued, stop the writer thread, and write later lines directly."""
     global _writer
-    if _writer is not None:
-        _writer.stop()
-        _writer = None
+    if _writer is None:
+        return
+    writer, _writer = _writer, None
+    writer.stop()
+    direct = writer.handlers[0]
+    root = logging.getLogger()
+    root.handlers[:] = [direct if isinstance(h, _Enqueue) else h for h in root.handlers]
