@@ -249,9 +249,30 @@ $$;
 
 revoke execute on function public.clerk_sync_apply_batch(text[], jsonb[], text) from public;
 
--- Replacing the function reset what migration 0003 set on Supabase: set it again.
+-- Whether this database is a Supabase project's: its API roles and auth.jwt() are there.
+create or replace function clerk_sync.on_supabase()
+returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+    select (select count(*) from pg_catalog.pg_roles
+            where rolname in ('anon', 'authenticated', 'service_role')) = 3
+       and pg_catalog.to_regprocedure('auth.jwt()') is not null
+$$;
+
+revoke execute on function clerk_sync.on_supabase() from public;
+
+-- Replacing the function reset its SECURITY DEFINER, which migration 0003 set on Supabase:
+-- set it again (its grants are kept), and nothing else that 0003 did.
 do $supabase$
 begin
-    perform clerk_sync.lock_down_for_supabase();
+    if clerk_sync.on_supabase() then
+        alter function public.clerk_sync_apply_batch(text[], jsonb[], text) security definer;
+        revoke execute on function public.clerk_sync_apply_batch(text[], jsonb[], text)
+            from public, anon, authenticated;
+        grant execute on function public.clerk_sync_apply_batch(text[], jsonb[], text)
+            to service_role;
+    end if;
 end
 $supabase$;
