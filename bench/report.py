@@ -77,6 +77,16 @@ def markdown(results: dict[str, Any]) -> str:
             f"{row['p99_ms']:.1f} | {row['non2xx'] + row['socket_errors']} | "
             f"{row['server_cpu_s_per_1k']:.3f} | {db_cpu} | {ratio} |"
         )
+    lines.append("")
+    lines.append(
+        f"Each server measured {settings.get('rounds', 1)} times, taking turns; the table shows "
+        "the median round by throughput. Every round, deliveries/s (p99 ms):"
+    )
+    for name, row in throughput.items():
+        every = ", ".join(
+            f"{r['deliveries_per_s']:,.0f} ({r['p99_ms']:.1f})" for r in row.get("rounds", [row])
+        )
+        lines.append(f"- {LABELS.get(name, name)}: {every}")
     for name, r in results.get("ratios", {}).items():
         lines.append("")
         lines.append(
