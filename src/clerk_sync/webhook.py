@@ -77,17 +77,34 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The raw body, refused as soon as it is known to exceed `limit` bytes."""
+class ClientGone(Exception):
+    """The client disconnected before its whole body arrived: there is nobody to answer."""
+
+
+def read_headers(scope: Scope) -> tuple[int | None, dict[str, str]]:
+    """In one pass over a request's headers (lower case in ASGI): its declared content-length,
+    and its svix-*/webhook-* headers, of a header sent twice the first (as Starlette's
+    `Headers.get` gives)."""
+    declared: int | None = None
+    signature: dict[str, str] = {}
     for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise BodyTooLarge
+        if name in _SIGNATURE_HEADERS:
+            signature.setdefault(name.decode(), value.decode("latin-1"))
+        elif name == b"content-length" and value.isdigit():
+            declared = int(value)
+    return declared, signature
+
+
+async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+    """The raw body, refused as soon as it is known to exceed `limit` bytes."""
+    if declared is not None and declared > limit:
+        raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
-        if message["type"] != "http.request":  # the client went away
-            raise ConnectionAbortedError
+        if message["type"] != "http.request":
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -95,16 +112,6 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def signature_headers(scope: Scope) -> dict[str, str]:
-    """The svix-*/webhook-* headers of a request (names are lower case in ASGI); of a header
-    sent twice, the first, as Starlette's `Headers.get` gives."""
-    found: dict[str, str] = {}
-    for name, value in scope["headers"]:
-        if name in _SIGNATURE_HEADERS:
-            found.setdefault(name.decode(), value.decode("latin-1"))
-    return found
 
 
 @cache
@@ -134,8 +141,8 @@ class WebhookReceiver:
         metrics.LIVE.in_flight += 1
         try:
             status, content, headers, outcome = await self._handle(scope, receive, line)
-        except ConnectionAbortedError:
-            return  # nobody to answer
+        except ClientGone:
+            return
         finally:
             metrics.LIVE.in_flight -= 1
         await send_json(send, status, content, headers)
@@ -154,9 +161,10 @@ class WebhookReceiver:
         """Answer one delivery; `line` collects what its log line says. Returns the answer's
         status, body and headers, and its outcome: one of the contract's four, or why it was
         not applied."""
+        declared, signature = read_headers(scope)
         try:
             async with asyncio.timeout(BODY_READ_SECONDS):
-                body = await read_body(scope, receive, self.max_body_bytes)
+                body = await read_body(receive, self.max_body_bytes, declared)
         except BodyTooLarge:
             metrics.VERIFICATION_FAILURES.labels("body_too_large").inc()
             error = f"body larger than {self.max_body_bytes} bytes"
@@ -167,7 +175,7 @@ class WebhookReceiver:
             return 408, {"error": error}, None, "body_timeout"
 
         try:
-            delivery = self.verifier.verify(signature_headers(scope), body)
+            delivery = self.verifier.verify(signature, body)
         except VerificationError as exc:
             return self._refuse(scope, exc)
         message_id = line["svix_id"] = delivery.message_id
