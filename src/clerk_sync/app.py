@@ -35,15 +35,20 @@ class _Opened:
     receiver: WebhookReceiver | None = None
 
 
-class _AsgiEndpoint:
-    """Wraps an ASGI function so that Starlette's Route calls it as an app, not as a
-    request-response handler (which it does for every plain function)."""
+class _Webhook:
+    """POST /api/webhooks/clerk as a plain ASGI app (Starlette's Route calls an object as an
+    app, a function as a request handler): no Request and Response objects on the hot path.
+    Answers 503 until the lifespan has opened the store."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, opened: _Opened) -> None:
+        self.opened = opened
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
+        receiver = self.opened.receiver
+        if receiver is None:
+            await send_json(send, 503, {"error": "starting"}, {"Retry-After": RETRY_AFTER_SECONDS})
+        else:
+            await receiver(scope, receive, send)
 
 
 class ClerkSyncApp(Starlette):
@@ -88,11 +93,7 @@ def create_app(
     opened = _Opened()
     limiter = FailedVerificationLimiter(failed_verification_limit)
 
-    async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
-        if opened.receiver is None:
-            await send_json(send, 503, {"error": "starting"}, {"Retry-After": RETRY_AFTER_SECONDS})
-        else:
-            await opened.receiver(scope, receive, send)
+    webhook = _Webhook(opened)
 
     async def healthz(request: Request) -> Response:
         return json_response(200, {"status": "ok"})
@@ -133,10 +134,9 @@ def create_app(
             await opened.store.close()
 
     return ClerkSyncApp(
-        webhook=receive_webhook,
+        webhook=webhook,
         routes=[
-            # A plain ASGI endpoint: no Request and Response objects on the hot path.
-            Route(WEBHOOK_PATH, _AsgiEndpoint(receive_webhook), methods=["POST"]),
+            Route(WEBHOOK_PATH, webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_route, methods=["GET"]),
