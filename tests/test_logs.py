@@ -34,6 +34,21 @@ def test_masking() -> None:
     assert "ada@example.com" not in masked and "<email>" in masked
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        "jöhn.doe@exämple.de",
+        "李雷@例子.中国",
+        "zoë+tag@müller.co.uk",
+        "user@xn--mller-kva.de",
+        "ivan@пример.xn--p1ai",
+    ],
+)
+def test_masking_covers_addresses_with_non_ascii_letters(address: str) -> None:
+    masked = logs.mask(f"Failing row contains (user_1, {address}, t)")
+    assert "@" not in masked and "<email>" in masked
+
+
 def test_a_delivery_is_one_json_line() -> None:
     line = capture(
         logs.JsonFormatter(),

@@ -17,7 +17,9 @@ import orjson
 
 _SECRETS = re.compile(r"\b(whsec_|sk_(?:live|test)_|sb_secret_|eyJ)[A-Za-z0-9+/=_\-.]{3,}")
 _SECRET_MARKERS = ("whsec_", "sk_live_", "sk_test_", "sb_secret_", "eyJ")
-_EMAILS = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+# Letters of any script (`\w` on str is Unicode-aware): addresses like jöhn@exämple.de are
+# personal data too.
+_EMAILS = re.compile(r"[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)*\.(?:[^\W\d_]{2,}|xn--[\w\-]+)")
 
 # The fields of a delivery line, in the order they are shown.
 DELIVERY_FIELDS = ("svix_id", "type", "user_id", "outcome", "status", "duration_ms", "error")
