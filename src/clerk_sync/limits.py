@@ -1,15 +1,35 @@
 """Per-client limit on failed verifications: a client that keeps sending forged or malformed
 deliveries gets 429 instead of an answer that helps it probe. Genuine (verified) deliveries are
-never counted or throttled."""
+never counted or throttled.
+
+Memory is bounded whatever a client sends: at most `limit + 1` times are kept per client (that
+is all "more than `limit` in the window" needs), for at most MAX_TRACKED_CLIENTS clients. An
+IPv6 client is keyed by its /64, the block one host is usually given: otherwise every one of
+its 2^64 addresses would be a client of its own.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
 WINDOW_SECONDS = 60.0
 MAX_TRACKED_CLIENTS = 10_000
+
+
+def client_key(host: str) -> str:
+    """The key a client is counted under: its IPv4 address, or its IPv6 /64."""
+    if ":" not in host:
+        return host
+    try:
+        address = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
 class FailedVerificationLimiter:
@@ -25,17 +45,36 @@ class FailedVerificationLimiter:
         self._clock = clock
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
+    def is_limited(self, client: str) -> bool:
+        """Whether `client` is over the limit now: checked before its request is read, and
+        not counted (a refused request does not extend the limit)."""
+        if not self._failures:  # the usual case: nobody has failed lately
+            return False
+        failures = self._failures.get(client_key(client))
+        if failures is None:
+            return False
+        self._expire(failures, self._clock())
+        return len(failures) > self._limit
+
     def record_failure(self, client: str) -> bool:
         """Count one failed verification; True when the client is now over the limit."""
+        key = client_key(client)
         now = self._clock()
-        failures = self._failures.get(client)
+        failures = self._failures.get(key)
         if failures is None:
-            failures = self._failures[client] = deque()
+            failures = self._failures[key] = deque(maxlen=self._limit + 1)
             if len(self._failures) > MAX_TRACKED_CLIENTS:
                 self._failures.popitem(last=False)  # forget the client seen longest ago
         else:
-            self._failures.move_to_end(client)
-        while failures and failures[0] <= now - self._window:
-            failures.popleft()
+            self._failures.move_to_end(key)
+        self._expire(failures, now)
         failures.append(now)
         return len(failures) > self._limit
+
+    def _expire(self, failures: deque[float], now: float) -> None:
+        while failures and failures[0] <= now - self._window:
+            failures.popleft()
+
+    def tracked_times(self) -> int:
+        """How many failure times are held in all (what the limiter's memory grows with)."""
+        return sum(len(failures) for failures in self._failures.values())
