@@ -529,6 +529,25 @@ def test_the_command_reports_a_missing_secret_and_the_unmigrated_embedded_databa
     ]
 
 
+def test_a_password_with_an_unencoded_hash_is_explained_never_shown(tmp_path: Path) -> None:
+    """The DSN as `serve` reads it: a '#' in the password ends the URL there, so the port is
+    junk; doctor says so in one line, and never prints the password."""
+    secret = secret_of(32)
+    for where in ("environment", "flag"):
+        dsn = "postgresql://u:Sup3r#Secr3t@127.0.0.1:5432/db"
+        args = ["--database-url", dsn] if where == "flag" else []
+        env = {"DATABASE_URL": dsn} if where == "environment" else {}
+        result = clerk_sync_doctor(tmp_path, *args, CLERK_WEBHOOK_SECRET=secret, **env)
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output
+        assert "Traceback" not in output, output
+        assert "Sup3r" not in output and "Secr3t" not in output, output
+        [database] = [line for line in result.stdout.splitlines() if " database: " in line]
+        assert database.startswith("FAIL database: ") and "DATABASE_URL" in database, database
+        assert "percent-encode" in database and "%23" in database, database
+        assert result.stderr == ""
+
+
 def test_marks_on_a_terminal() -> None:
     text = doctor.render(
         [Finding(Status.OK, "a", "fine"), Finding(Status.FAIL, "b", "broken")], tty=True
