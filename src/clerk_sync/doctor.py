@@ -27,9 +27,9 @@ from dotenv import dotenv_values
 
 from clerk_sync import migrations
 from clerk_sync.app import WEBHOOK_PATH
+from clerk_sync.database import connect, uses_transaction_pooler
 from clerk_sync.datadir import DEV_SECRET_FILE, pgdata_path
-from clerk_sync.settings import DEFAULT_DATA_DIR, SECRET_PREFIX, split_secrets
-from clerk_sync.storage.postgres import connect, describe_dsn, uses_transaction_pooler
+from clerk_sync.settings import DEFAULT_DATA_DIR, SECRET_PREFIX, describe_dsn, split_secrets
 
 SECRET_VARIABLES = ("CLERK_WEBHOOK_SECRET", "CLERK_WEBHOOK_SIGNING_SECRET")
 # Standard Webhooks: "Random. Between 24 bytes (192 bits) and 64 bytes"; Svix's are 24 or 32.
