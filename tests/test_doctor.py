@@ -202,7 +202,7 @@ def test_an_unrecognised_key() -> None:
 
 def test_rest_mode_needs_both_url_and_key() -> None:
     [finding] = doctor.check_supabase_key(sources(SUPABASE_URL=SUPABASE_URL), direct=False)
-    assert finding.status is Status.FAIL and "SUPABASE_SERVICE_ROLE_KEY is not" in finding.message
+    assert finding.status is Status.FAIL and "SUPABASE_SERVICE_ROLE_KEY: not set" in finding.message
     assert doctor.check_supabase_key(sources(SUPABASE_URL=SUPABASE_URL), direct=True) == []
 
 
@@ -543,7 +543,8 @@ def test_a_password_with_an_unencoded_hash_is_explained_never_shown(tmp_path: Pa
         assert "Traceback" not in output, output
         assert "Sup3r" not in output and "Secr3t" not in output, output
         [database] = [line for line in result.stdout.splitlines() if " database: " in line]
-        assert database.startswith("FAIL database: ") and "DATABASE_URL" in database, database
+        naming = "--database-url (flag)" if where == "flag" else "DATABASE_URL (environment)"
+        assert database.startswith(f"FAIL database: {naming}: "), database
         assert "percent-encode" in database and "%23" in database, database
         assert result.stderr == ""
 
