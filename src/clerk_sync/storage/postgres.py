@@ -39,6 +39,9 @@ RECORD_INVALID_SQL = "select public.clerk_sync_record_invalid($1, $2, $3)"
 MAX_WRITES_IN_FLIGHT = 1
 MAX_BATCH = 100
 
+# A failure to reach the database, or a DSN asyncpg cannot read (ValueError): answered 503.
+_UNAVAILABLE = (*UNREACHABLE, ValueError)
+
 
 async def _no_session_reset(conn: asyncpg.Connection) -> None:
     """asyncpg resets every connection it takes back (RESET ALL, UNLISTEN, …): one more round
@@ -106,7 +109,7 @@ class PostgresStore:
             raise EventRejected(str(exc)) from None
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
             raise StoreUnavailable("the database did not answer in time") from exc
-        except (*UNREACHABLE, ValueError) as exc:  # ValueError: a DSN asyncpg cannot read
+        except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"database error: {type(exc).__name__}: {exc}") from exc
 
     def _deadline(self) -> float:
