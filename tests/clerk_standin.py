@@ -1,6 +1,6 @@
 """A local stand-in for Clerk's Backend API, on a real HTTP port, for the backfill tests.
 
-It follows the documented wire format (facts.md §6): `GET /v1/users` answers a bare JSON array of
+It follows the documented wire format (clerk.com/docs/reference/backend-api): `GET /v1/users` answers a bare JSON array of
 user objects, honours `limit` (1..500, else 422), `offset`, `order_by` (`created_at` with a `+`
 or `-` prefix; Clerk's default is newest first) and repeated `user_id` filters; `GET
 /v1/users/count` answers `{"object": "total_count", "total_count": N}`; a wrong bearer key gets

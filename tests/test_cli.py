@@ -148,6 +148,7 @@ def test_serve_without_a_secret_says_which_variable(tmp_path: Path) -> None:
 
 
 SECRET, KEY = support.make_secret()
+UNENCODED_PASSWORD_DSN = "postgresql://u:Sup3r#Secr3t@127.0.0.1:5432/db"
 
 
 @pytest.mark.parametrize(
@@ -182,6 +183,10 @@ SECRET, KEY = support.make_secret()
         ("serve", "PORT", "70000", ["PORT"]),
         ("serve", "DATABASE_URL", "mysql://x", ["DATABASE_URL"]),
         ("migrate", "DATABASE_URL", "mysql://x", ["DATABASE_URL"]),
+        # A password with an unencoded '#': the rest reads as a fragment, the port as junk.
+        ("serve", "DATABASE_URL", UNENCODED_PASSWORD_DSN, ["DATABASE_URL"]),
+        ("migrate", "DATABASE_URL", UNENCODED_PASSWORD_DSN, ["DATABASE_URL"]),
+        ("users", "DATABASE_URL", UNENCODED_PASSWORD_DSN, ["DATABASE_URL"]),
     ],
 )
 def test_a_malformed_setting_stops_with_status_2(

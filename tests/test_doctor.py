@@ -202,7 +202,7 @@ def test_an_unrecognised_key() -> None:
 
 def test_rest_mode_needs_both_url_and_key() -> None:
     [finding] = doctor.check_supabase_key(sources(SUPABASE_URL=SUPABASE_URL), direct=False)
-    assert finding.status is Status.FAIL and "SUPABASE_SERVICE_ROLE_KEY is not" in finding.message
+    assert finding.status is Status.FAIL and "SUPABASE_SERVICE_ROLE_KEY: not set" in finding.message
     assert doctor.check_supabase_key(sources(SUPABASE_URL=SUPABASE_URL), direct=True) == []
 
 
@@ -527,6 +527,26 @@ def test_the_command_reports_a_missing_secret_and_the_unmigrated_embedded_databa
         "set DATABASE_URL, or run `clerk-sync migrate` to create the embedded one",
         "2 problems found",
     ]
+
+
+def test_a_password_with_an_unencoded_hash_is_explained_never_shown(tmp_path: Path) -> None:
+    """The DSN as `serve` reads it: a '#' in the password ends the URL there, so the port is
+    junk; doctor says so in one line, and never prints the password."""
+    secret = secret_of(32)
+    for where in ("environment", "flag"):
+        dsn = "postgresql://u:Sup3r#Secr3t@127.0.0.1:5432/db"
+        args = ["--database-url", dsn] if where == "flag" else []
+        env = {"DATABASE_URL": dsn} if where == "environment" else {}
+        result = clerk_sync_doctor(tmp_path, *args, CLERK_WEBHOOK_SECRET=secret, **env)
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output
+        assert "Traceback" not in output, output
+        assert "Sup3r" not in output and "Secr3t" not in output, output
+        [database] = [line for line in result.stdout.splitlines() if " database: " in line]
+        naming = "--database-url (flag)" if where == "flag" else "DATABASE_URL (environment)"
+        assert database.startswith(f"FAIL database: {naming}: "), database
+        assert "percent-encode" in database and "%23" in database, database
+        assert result.stderr == ""
 
 
 def test_marks_on_a_terminal() -> None:

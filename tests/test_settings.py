@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from clerk_sync.settings import ConfigError, decode_signing_secret, load_settings, split_secrets
+from clerk_sync.settings import (
+    ConfigError,
+    EmbeddedBackend,
+    PostgresBackend,
+    RestBackend,
+    decode_signing_secret,
+    load_settings,
+    split_secrets,
+    variables,
+)
 from tests import support
 
 
@@ -153,3 +162,60 @@ def test_rest_mode_mistakes_name_the_variable(
     assert "\n" not in message
     if variable == "SUPABASE_SERVICE_ROLE_KEY":
         assert value[8:] not in message
+
+
+# --- the backend, chosen in one place ------------------------------------------------------------
+
+
+def test_the_backend_database_url_wins_then_rest_then_embedded(tmp_path: Path) -> None:
+    dsn = "postgresql://u:hunter2@db.example.com:5432/app"
+    both = {
+        "supabase_url": "https://abcd.supabase.co",
+        "supabase_service_role_key": SERVICE_ROLE_JWT,
+    }
+    assert load_settings(database_url=dsn, **both).backend == PostgresBackend(dsn)
+    assert load_settings(**both).backend == RestBackend(
+        "https://abcd.supabase.co", SERVICE_ROLE_JWT
+    )
+    assert load_settings(data_dir=tmp_path).backend == EmbeddedBackend(tmp_path)
+    # What a backend says about itself never includes the password or the key.
+    for backend in (
+        PostgresBackend(dsn),
+        RestBackend("https://abcd.supabase.co", SERVICE_ROLE_JWT),
+    ):
+        assert "hunter2" not in f"{backend!r} {backend.where}"
+        assert SERVICE_ROLE_JWT[8:] not in f"{backend!r} {backend.where}"
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        ({"supabase_url": "https://abcd.supabase.co"}, "SUPABASE_SERVICE_ROLE_KEY"),
+        ({"supabase_service_role_key": "sb_secret_abc123"}, "SUPABASE_URL"),
+    ],
+)
+def test_half_of_rest_mode_names_the_other_half(given: dict[str, str], missing: str) -> None:
+    settings = load_settings(**given)
+    with pytest.raises(ConfigError) as caught:
+        _ = settings.backend
+    assert str(caught.value).startswith(f"{missing}: not set") and "DATABASE_URL" in str(
+        caught.value
+    )
+    assert not settings.rest_mode
+    # DATABASE_URL set too: direct mode, whatever half of REST mode is there.
+    assert isinstance(
+        load_settings(database_url="postgresql://x@h/db", **given).backend, PostgresBackend
+    )
+
+
+def test_blank_is_unset_for_every_optional_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("CLERK_WEBHOOK_SECRET", "DATABASE_URL", "SUPABASE_URL", "SUPABASE_SERVICE_ROLE_KEY", "CLERK_SECRET_KEY"):  # fmt: skip
+        monkeypatch.setenv(variable, "  ")
+    s = load_settings(data_dir=Path("d"))
+    assert (s.webhook_secret, s.database_url, s.supabase_url, s.clerk_secret_key) == (None,) * 4
+    assert s.backend == EmbeddedBackend(Path("d"))
+
+
+def test_variable_names_come_from_the_model() -> None:
+    assert variables("webhook_secret") == ("CLERK_WEBHOOK_SECRET", "CLERK_WEBHOOK_SIGNING_SECRET")
+    assert variables("db_timeout") == ("CLERK_SYNC_DB_TIMEOUT",)

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clerk_sync.app import create_app_from_settings
-from clerk_sync.settings import ConfigError, load_settings
+from clerk_sync.settings import ConfigError, EmbeddedBackend, load_settings
 from clerk_sync.webhook import json_response
 
 log = logging.getLogger("clerk_sync.vercel")
@@ -86,20 +86,19 @@ class StartOnFirstRequest:
 def build() -> ASGIApp:
     try:
         settings = load_settings()
+        backend = settings.backend
     except ConfigError as exc:
         problem = str(exc)
     else:
         if not settings.signing_secrets:
             problem = "CLERK_WEBHOOK_SECRET: not set (the endpoint's Signing Secret, whsec_…)"
-        elif not (
-            settings.database_url or (settings.supabase_url and settings.supabase_service_role_key)
-        ):
+        elif isinstance(backend, EmbeddedBackend):  # a function has nowhere to keep one
             problem = (
                 "DATABASE_URL: not set (Supabase's transaction pooler URL, port 6543), nor "
                 "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY"
             )
         else:
-            return StartOnFirstRequest(create_app_from_settings(settings, settings.database_url))
+            return StartOnFirstRequest(create_app_from_settings(settings))
     log.error("clerk-sync is not configured: %s", problem)
     return not_configured(problem)
 

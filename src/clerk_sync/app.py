@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clerk_sync import metrics
 from clerk_sync.limits import FailedVerificationLimiter
-from clerk_sync.settings import Settings
+from clerk_sync.settings import EmbeddedBackend, PostgresBackend, Settings
 from clerk_sync.storage import Store, open_store
 from clerk_sync.verify import Verifier
 from clerk_sync.webhook import RETRY_AFTER_SECONDS, WebhookReceiver, json_response, send_json
@@ -148,23 +148,23 @@ def create_app(
 
 def create_app_from_settings(settings: Settings, dsn: str | None = None) -> Starlette:
     """The app `clerk-sync serve` runs, configured by `settings`: direct PostgreSQL at `dsn`
-    (default DATABASE_URL), else REST mode (SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY)."""
+    (default: the backend `settings.backend` chooses, DATABASE_URL or REST mode)."""
     if not settings.signing_keys:
         raise ValueError("a signing secret is required")
-    if not (dsn or settings.database_url or settings.rest_mode):
+    backend = PostgresBackend(dsn) if dsn else settings.backend
+    if isinstance(backend, EmbeddedBackend):  # the CLI starts it, and passes its dsn
         raise ValueError(
             "no database configured: set DATABASE_URL, or SUPABASE_URL and "
             "SUPABASE_SERVICE_ROLE_KEY"
         )
 
     background = []
-    database_url = dsn or settings.database_url
-    if database_url:  # REST mode cannot purge from here: see `clerk-sync purge`
+    if isinstance(backend, PostgresBackend):  # REST mode cannot purge from here: see `purge`
         from clerk_sync.retention import retention_loop
 
         def purge_expired() -> Coroutine[object, object, None]:
             return retention_loop(
-                database_url,
+                backend.dsn,
                 settings.retention_days,
                 prepared_statements=settings.prepared_statements,
             )
@@ -173,7 +173,7 @@ def create_app_from_settings(settings: Settings, dsn: str | None = None) -> Star
 
     return create_app(
         verifier=Verifier(settings.signing_keys),
-        open_store=lambda: open_store(settings, dsn),
+        open_store=lambda: open_store(settings, backend),
         max_body_bytes=settings.max_body_bytes,
         failed_verification_limit=settings.failed_verification_limit,
         background=background,

@@ -38,9 +38,10 @@ import orjson
 
 from clerk_sync import migrations
 from clerk_sync.clerk_api import PAGE_LIMIT, ClerkClient, User
+from clerk_sync.database import connection
+from clerk_sync.errors import ClerkSyncError, Refused
 from clerk_sync.events import NotAClerkEvent, parse_event
 from clerk_sync.settings import Settings
-from clerk_sync.storage.postgres import connect
 
 IN_SYNC = 0
 FAILED = 1
@@ -228,12 +229,14 @@ class BackfillResult:
         return f"{head} {t.describe()} ({verdict})"
 
 
-class BackfillError(Exception):
+class BackfillError(ClerkSyncError):
     """The run cannot go on; the message is one line a user can act on."""
 
 
-class PruneRefused(BackfillError):
+class PruneRefused(BackfillError, Refused):
     """--prune would remove more than the allowed share of rows."""
+
+    exit_status = REFUSED
 
     def __init__(self, message: str, result: BackfillResult) -> None:
         super().__init__(message)
@@ -348,12 +351,16 @@ async def run(
     """The `backfill` command: Clerk at settings.clerk_api_url, the database at dsn."""
     if not settings.clerk_secret_key:
         raise BackfillError("CLERK_SECRET_KEY: not set")
-    conn = await connect(dsn, settings.prepared_statements)
-    try:
-        async with ClerkClient(settings.clerk_secret_key, settings.clerk_api_url) as clerk:
-            return await backfill(clerk, conn, options, reporter)
-    finally:
-        await conn.close(timeout=5)
+    async with (
+        connection(
+            dsn,
+            "backfill",
+            then="run `clerk-sync backfill` again to resume",
+            prepared_statements=settings.prepared_statements,
+        ) as conn,
+        ClerkClient(settings.clerk_secret_key, settings.clerk_api_url) as clerk,
+    ):
+        return await backfill(clerk, conn, options, reporter)
 
 
 async def backfill(

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from clerk_sync import __version__
+from clerk_sync.errors import ClerkSyncError
 
 PAGE_LIMIT = 500  # the API's maximum for GET /v1/users
 FILTER_LIMIT = 100  # the API's maximum number of user_id filters in one request
@@ -34,7 +35,7 @@ User = dict[str, Any]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class ClerkAPIError(Exception):
+class ClerkAPIError(ClerkSyncError):
     """The Backend API could not be read; the message is one line a user can act on."""
 
 

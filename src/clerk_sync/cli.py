@@ -1,7 +1,8 @@
 """The `clerk-sync` command: a thin layer over the library.
 
-Every error a user can cause ends in one line on stderr saying what happened and what to do, and
-exit status 2 for configuration (1 for anything else), never a traceback.
+Every error a user can cause is a `ClerkSyncError` (`clerk_sync.errors`), and ends in one place,
+`Commands.invoke`: one line on stderr saying what happened and what to do, and the exit status of
+its kind (2 for configuration, usage or a refusal, 1 for anything else), never a traceback.
 """
 
 from __future__ import annotations
@@ -15,23 +16,49 @@ import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
-from urllib.parse import urlsplit
+from typing import Annotated, Any, TypeVar
 
 import asyncpg
 import httpx
 import typer
+from typer.core import TyperGroup
 
-from clerk_sync import logs, migrations
+from clerk_sync import database, logs, migrations
 from clerk_sync.datadir import create_dev_secret, read_dev_secret
-from clerk_sync.settings import ConfigError, Settings, decode_signing_secret, load_settings
+from clerk_sync.errors import ClerkSyncError, ConfigError, DatabaseUnavailable
+from clerk_sync.settings import (
+    PostgresBackend,
+    RestBackend,
+    Settings,
+    decode_signing_secret,
+    load_settings,
+)
 from clerk_sync.storage import open_store
-from clerk_sync.storage.embedded import EmbeddedPostgresError, embedded_postgres
-from clerk_sync.storage.postgres import connect, describe_dsn
+from clerk_sync.storage.embedded import embedded_postgres
+
+
+class Commands(TyperGroup):
+    """The one place a command's error becomes what the user sees."""
+
+    # Any: newer typer vendors click, older typer passes click's own Context.
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClerkSyncError as exc:
+            typer.echo(f"clerk-sync: {exc}", err=True)
+            raise typer.Exit(exc.exit_status) from None
+
+
+class Interrupted(ClerkSyncError):
+    """Ctrl+C: the conventional status of a process ended by SIGINT."""
+
+    exit_status = 130
+
 
 cli = typer.Typer(
     name="clerk-sync",
     help="Keep your Clerk users in your own Supabase/PostgreSQL database.",
+    cls=Commands,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -52,85 +79,68 @@ DatabaseUrlOption = Annotated[
 ]
 
 
-def fail(message: str, status: int = 1) -> NoReturn:
-    typer.echo(f"clerk-sync: {message}", err=True)
-    raise typer.Exit(status)
-
-
-def settings_or_exit(**flags: object) -> Settings:
-    try:
-        return load_settings(**flags)
-    except ConfigError as exc:
-        fail(str(exc), 2)
-
-
 DIRECT_CONNECTION = "the connection string from Supabase Dashboard → Connect"
-
-
-def rest_mode_or_exit(settings: Settings) -> bool:
-    """Whether to serve through Supabase's REST API; stops when only half of it is set."""
-    if settings.database_url:
-        return False
-    if settings.supabase_url and not settings.supabase_service_role_key:
-        fail(
-            "SUPABASE_SERVICE_ROLE_KEY: not set; REST mode needs it with SUPABASE_URL (the "
-            "service_role or sb_secret_… key from Supabase Dashboard → Project Settings → API "
-            "Keys), or set DATABASE_URL instead",
-            2,
-        )
-    if settings.supabase_service_role_key and not settings.supabase_url:
-        fail(
-            "SUPABASE_URL: not set; REST mode needs it with SUPABASE_SERVICE_ROLE_KEY "
-            "(https://<project-ref>.supabase.co), or set DATABASE_URL instead",
-            2,
-        )
-    return settings.rest_mode
+NEEDS_DIRECT_CONNECTION = (
+    "DATABASE_URL: not set; this command needs a direct database connection (REST mode, "
+    f"SUPABASE_URL, only serves webhooks): set DATABASE_URL to {DIRECT_CONNECTION}"
+)
 
 
 @contextmanager
-def database(settings: Settings) -> Iterator[str]:
-    """The DSN to use: DATABASE_URL, else an embedded server in the data directory."""
-    if settings.database_url:
-        yield settings.database_url
+def direct_database(settings: Settings, rest_mode: str = NEEDS_DIRECT_CONNECTION) -> Iterator[str]:
+    """The DSN of the backend `settings` choose: DATABASE_URL, else an embedded server in the
+    data directory (started for the block). REST mode cannot serve these commands: ConfigError
+    `rest_mode`."""
+    backend = settings.backend
+    if isinstance(backend, RestBackend):
+        raise ConfigError(rest_mode)
+    if isinstance(backend, PostgresBackend):
+        yield backend.dsn
         return
-    if settings.supabase_url or settings.supabase_service_role_key:
-        fail(
-            "DATABASE_URL: not set; this command needs a direct database connection (REST mode, "
-            f"SUPABASE_URL, only serves webhooks): set DATABASE_URL to {DIRECT_CONNECTION}",
-            2,
-        )
-    try:
-        with embedded_postgres(settings.data_dir) as dsn:
-            yield dsn
-    except EmbeddedPostgresError as exc:
-        fail(str(exc))
+    with embedded_postgres(backend.data_dir) as dsn:
+        yield dsn
 
 
-async def _migrate(settings: Settings, dsn: str) -> tuple[list[migrations.Migration], list[str]]:
-    """The migrations applied, and what they said (a skipped step says so in a notice)."""
-    conn = await connect(dsn, settings.prepared_statements)
-    said: list[str] = []
+_T = TypeVar("_T")
+
+
+def on_database(
+    settings: Settings,
+    dsn: str,
+    work: Callable[[asyncpg.Connection], Coroutine[object, object, _T]],
+    doing: str,
+    *,
+    schema_version: int = 0,
+    then: str = "",
+) -> _T:
+    """Run `work(connection)` on the database at `dsn`, its schema at least `schema_version`;
+    a failure comes out as a ClerkSyncError that says what could not be done."""
+
+    async def run() -> _T:
+        async with database.connection(
+            dsn,
+            doing,
+            then=then,
+            prepared_statements=settings.prepared_statements,
+            schema_version=schema_version,
+        ) as conn:
+            return await work(conn)
+
+    return asyncio.run(run())
+
+
+def run_migrations(settings: Settings, dsn: str) -> None:
+    said: list[str] = []  # what the migrations said (a skipped step says so in a notice)
 
     def listen(conn: object, message: asyncpg.PostgresLogMessage) -> None:
         if str(message.message).startswith("clerk-sync: "):
             said.append(str(message.message))
 
-    conn.add_log_listener(listen)
-    try:
-        return await migrations.migrate(conn), said
-    finally:
-        await conn.close()
+    async def migrate(conn: asyncpg.Connection) -> list[migrations.Migration]:
+        conn.add_log_listener(listen)
+        return await migrations.migrate(conn)
 
-
-def run_migrations(settings: Settings, dsn: str) -> None:
-    try:
-        applied, said = asyncio.run(_migrate(settings, dsn))
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        hint = getattr(exc, "hint", None)
-        if hint:
-            reason += f". {hint}"
-        fail(f"cannot migrate the database at {describe_dsn(dsn)}: {reason} (check DATABASE_URL)")
+    applied = on_database(settings, dsn, migrate, "migrate the database", then="check DATABASE_URL")
     if applied:
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
         typer.echo(f"clerk-sync: applied migrations {names}", err=True)
@@ -142,12 +152,12 @@ def run_migrations(settings: Settings, dsn: str) -> None:
         )
 
 
-def check_rest_schema(settings: Settings) -> None:
+def check_rest_schema(settings: Settings, backend: RestBackend) -> None:
     """REST mode cannot migrate: at start, stop with how to create the schema if it is not there
     (or if Supabase refuses the key)."""
 
     async def not_ready_reason() -> str | None:
-        store = await open_store(settings)
+        store = await open_store(settings, backend)
         try:
             return await store.not_ready_reason()
         finally:
@@ -155,7 +165,7 @@ def check_rest_schema(settings: Settings) -> None:
 
     reason = asyncio.run(not_ready_reason())
     if reason:
-        fail(reason)
+        raise DatabaseUnavailable(reason)
 
 
 class LogLevel(enum.StrEnum):
@@ -181,6 +191,7 @@ def run_server(
     forwarded_allow_ips: str | None,
     log_level: str,
 ) -> None:
+    """Serve until stopped: PostgreSQL at `dsn` (None: REST mode, as `settings` say)."""
     import uvicorn
 
     from clerk_sync.app import create_app_from_settings
@@ -234,15 +245,14 @@ def serve(
     ] = LogLevel.info,
 ) -> None:
     """Run the webhook server (POST /api/webhooks/clerk)."""
-    settings = settings_or_exit(
+    settings = load_settings(
         host=host, port=port, delete_mode=delete_mode, database_url=database_url, data_dir=data_dir
     )
     if not settings.signing_secrets:
         if not dev:
-            fail(
+            raise ConfigError(
                 "CLERK_WEBHOOK_SECRET: not set; copy the endpoint's Signing Secret (whsec_…) from "
-                "the Clerk Dashboard, or run `clerk-sync serve --dev` to try it locally",
-                2,
+                "the Clerk Dashboard, or run `clerk-sync serve --dev` to try it locally"
             )
         settings.webhook_secret = create_dev_secret(settings.data_dir)
         typer.echo(
@@ -251,34 +261,30 @@ def serve(
             err=True,
         )
 
-    rest_mode = rest_mode_or_exit(settings)
+    backend = settings.backend
     logs.configure(log_level.value)
     # REST mode's calls to Supabase: each delivery is logged once already, by the receiver.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
-    if rest_mode:
-        check_rest_schema(settings)
-        where = f"Supabase's REST API at {urlsplit(settings.supabase_url or '').hostname}"
-        run_server(settings, None, where, forwarded_allow_ips, log_level.value)
+    if isinstance(backend, RestBackend):
+        check_rest_schema(settings, backend)
+        run_server(settings, None, backend.where, forwarded_allow_ips, log_level.value)
         return
-    with database(settings) as dsn:
+    with direct_database(settings) as dsn:
         if not no_migrate:
             run_migrations(settings, dsn)
-        where = "embedded PostgreSQL" if not settings.database_url else describe_dsn(dsn)
-        run_server(settings, dsn, where, forwarded_allow_ips, log_level.value)
+        run_server(settings, dsn, backend.where, forwarded_allow_ips, log_level.value)
 
 
 @cli.command()
 def migrate(database_url: DatabaseUrlOption = None, data_dir: DataDirOption = None) -> None:
     """Create or upgrade the schema (idempotent; safe while other replicas run it)."""
-    settings = settings_or_exit(database_url=database_url, data_dir=data_dir)
-    if not settings.database_url and (settings.supabase_url or settings.supabase_service_role_key):
-        fail(
-            "DATABASE_URL: not set; `migrate` needs a direct database connection, which REST "
-            f"mode (SUPABASE_URL) cannot give: set DATABASE_URL to {DIRECT_CONNECTION}, or "
-            "save `clerk-sync schema` as a migration and apply it with `supabase db push`",
-            2,
-        )
-    with database(settings) as dsn:
+    settings = load_settings(database_url=database_url, data_dir=data_dir)
+    rest_mode = (
+        "DATABASE_URL: not set; `migrate` needs a direct database connection, which REST "
+        f"mode (SUPABASE_URL) cannot give: set DATABASE_URL to {DIRECT_CONNECTION}, or "
+        "save `clerk-sync schema` as a migration and apply it with `supabase db push`"
+    )
+    with direct_database(settings, rest_mode) as dsn:
         run_migrations(settings, dsn)
 
 
@@ -288,18 +294,10 @@ def schema() -> None:
     sys.stdout.write(migrations.render_schema())
 
 
-async def _recent_users(settings: Settings, dsn: str, limit: int) -> list[asyncpg.Record]:
-    conn = await connect(dsn, settings.prepared_statements)
-    try:
-        return list(
-            await conn.fetch(
-                """select id, email, first_name, last_name, updated_at, last_sign_in_at, deleted_at
-                   from public.users order by updated_at desc nulls last limit $1""",
-                limit,
-            )
-        )
-    finally:
-        await conn.close()
+RECENT_USERS_SQL = """
+select id, email, first_name, last_name, updated_at, last_sign_in_at, deleted_at
+from public.users order by updated_at desc nulls last limit $1
+"""
 
 
 @cli.command()
@@ -309,12 +307,13 @@ def users(
     data_dir: DataDirOption = None,
 ) -> None:
     """Show the most recently updated rows of public.users."""
-    settings = settings_or_exit(database_url=database_url, data_dir=data_dir)
-    with database(settings) as dsn:
-        try:
-            rows = asyncio.run(_recent_users(settings, dsn, limit))
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            fail(f"cannot read users at {describe_dsn(dsn)}: {exc} (run clerk-sync migrate?)")
+    settings = load_settings(database_url=database_url, data_dir=data_dir)
+
+    async def recent(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return list(await conn.fetch(RECENT_USERS_SQL, limit))
+
+    with direct_database(settings) as dsn:
+        rows = on_database(settings, dsn, recent, "read users", then="run clerk-sync migrate?")
     if not rows:
         typer.echo("no users yet")
     for row in rows:
@@ -349,27 +348,28 @@ def send_test(
     """Post a realistic signed example event to a running clerk-sync."""
     from clerk_sync.sendtest import Overrides, build_event, example_types, post_event
 
-    settings = settings_or_exit(data_dir=data_dir)
+    settings = load_settings(data_dir=data_dir)
     if event_type not in example_types():
-        fail(f"unknown event type {event_type!r}; one of: {', '.join(example_types())}", 2)
+        raise ConfigError(
+            f"unknown event type {event_type!r}; one of: {', '.join(example_types())}"
+        )
     secret = next(iter(settings.signing_secrets), None) or read_dev_secret(settings.data_dir)
     if secret is None:
-        fail(
+        raise ConfigError(
             "CLERK_WEBHOOK_SECRET: not set, and no dev secret in "
-            f"{settings.data_dir} (start `clerk-sync serve --dev` first, or set the variable)",
-            2,
+            f"{settings.data_dir} (start `clerk-sync serve --dev` first, or set the variable)"
         )
     target = url or f"http://{settings.host}:{settings.port}/api/webhooks/clerk"
     event = build_event(event_type, Overrides(user_id, email, first_name, last_name, updated_at))
     try:
         response = post_event(target, decode_signing_secret(secret), event, svix_id)
     except httpx.HTTPError as exc:
-        fail(
+        raise ClerkSyncError(
             f"could not post to {target}: {exc or type(exc).__name__} (is clerk-sync serve running?)"
-        )
+        ) from None
     typer.echo(f"{response.status_code} {response.text.strip()}")
     if response.is_redirect:
-        fail(
+        raise ClerkSyncError(
             f"{target} redirects to {response.headers.get('location')}; Svix does not follow redirects"
         )
     if not response.is_success:
@@ -435,13 +435,11 @@ def backfill(
     Exit status: 0 in sync, 3 drift repaired, 4 drift found (--dry-run), 1 failed, 2 refused.
     """
     from clerk_sync import backfill as backfilling
-    from clerk_sync.clerk_api import ClerkAPIError
 
-    settings = settings_or_exit(database_url=database_url, data_dir=data_dir)
+    settings = load_settings(database_url=database_url, data_dir=data_dir)
     if not settings.clerk_secret_key:
-        fail(
-            "CLERK_SECRET_KEY: not set; copy the secret key (sk_…) from Clerk Dashboard → API Keys",
-            2,
+        raise ConfigError(
+            "CLERK_SECRET_KEY: not set; copy the secret key (sk_…) from Clerk Dashboard → API Keys"
         )
     options = backfilling.BackfillOptions(
         dry_run=dry_run,
@@ -452,77 +450,30 @@ def backfill(
         delete_mode=settings.delete_mode,
     )
     reporter = backfilling.RichReporter() if sys.stderr.isatty() else backfilling.PlainReporter()
-    with database(settings) as dsn:
+    with direct_database(settings) as dsn:
         try:
             result = asyncio.run(backfilling.run(settings, dsn, options, reporter))
         except KeyboardInterrupt:
-            fail("interrupted; run `clerk-sync backfill` again to resume where it stopped", 130)
+            raise Interrupted(
+                "interrupted; run `clerk-sync backfill` again to resume where it stopped"
+            ) from None
         except backfilling.PruneRefused as exc:
             typer.echo(exc.result.summary())
-            fail(str(exc), backfilling.REFUSED)
-        except (backfilling.BackfillError, ClerkAPIError) as exc:
-            fail(str(exc))
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            fail(
-                f"database error at {describe_dsn(dsn)}: {reason} (run `clerk-sync backfill` "
-                "again to resume)"
-            )
+            raise
     for kind, user_ids in result.samples.items():
         typer.echo(f"clerk-sync: {kind} (first {len(user_ids)}): {', '.join(user_ids)}", err=True)
     typer.echo(result.summary())
     if result.exit_status == backfilling.FAILED:
-        fail(f"{result.tally.errors} users could not be written (see the lines above)")
+        raise ClerkSyncError(
+            f"{result.tally.errors} users could not be written (see the lines above)"
+        )
     raise typer.Exit(result.exit_status)
 
 
 # --- dead letters, replay and retention --------------------------------------------------------
 
-_DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
-
-class _InboxError(Exception):
-    """The inbox cannot be used as asked; the message is one line a user can act on."""
-
-
-def _one_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-async def _inbox_connection(settings: Settings, dsn: str, version: int) -> asyncpg.Connection:
-    """A connection to a database whose schema is at least `version`."""
-    conn = await connect(dsn, settings.prepared_statements)
-    try:
-        found = await migrations.current_version(conn)
-    except BaseException:
-        await conn.close()
-        raise
-    if found < version:
-        await conn.close()
-        raise _InboxError(
-            f"the database at {describe_dsn(dsn)} is at schema version {found}, this needs "
-            f"{version}: run `clerk-sync migrate`"
-        )
-    return conn
-
-
-_T = TypeVar("_T")
-
-
-def _run_on_inbox(
-    settings: Settings, work: Callable[[str], Coroutine[object, object, _T]], what: str
-) -> _T:
-    """Run `work(dsn)` on the configured database, ending any failure in one line."""
-    with database(settings) as dsn:
-        try:
-            return asyncio.run(work(dsn))
-        except _InboxError as exc:
-            fail(str(exc))
-        except _DATABASE_ERRORS as exc:
-            fail(f"cannot {what} at {describe_dsn(dsn)}: {_one_line(exc)}")
-
-
-def _time_or_exit(option: str, text: str | None) -> dt.datetime | None:
+def _time_option(option: str, text: str | None) -> dt.datetime | None:
     from clerk_sync.inbox import BadTime, parse_time
 
     if text is None:
@@ -530,7 +481,7 @@ def _time_or_exit(option: str, text: str | None) -> dt.datetime | None:
     try:
         return parse_time(text)
     except BadTime as exc:
-        fail(f"{option}: {exc}", 2)
+        raise ConfigError(f"{option}: {exc}") from None
 
 
 @cli.command()
@@ -565,37 +516,34 @@ def replay(
 
     chosen = [bool(svix_id), since is not None or until is not None, dead_letters]
     if sum(chosen) != 1:
-        fail("choose exactly one of --svix-id, --since/--until, or --dead-letters", 2)
-    start, end = _time_or_exit("--since", since), _time_or_exit("--until", until)
+        raise ConfigError("choose exactly one of --svix-id, --since/--until, or --dead-letters")
+    start, end = _time_option("--since", since), _time_option("--until", until)
     if start and end and start >= end:
-        fail("--since: must be before --until", 2)
-    settings = settings_or_exit(
-        delete_mode=delete_mode, database_url=database_url, data_dir=data_dir
-    )
+        raise ConfigError("--since: must be before --until")
+    settings = load_settings(delete_mode=delete_mode, database_url=database_url, data_dir=data_dir)
 
-    async def go(dsn: str) -> replaying.ReplaySummary:
-        conn = await _inbox_connection(settings, dsn, replaying.REPLAY_SCHEMA_VERSION)
-        try:
-            if svix_id:
-                ids = list(dict.fromkeys(svix_id))
-            elif dead_letters:
-                ids = await replaying.select_dead_letters(conn)
-            else:
-                ids = await replaying.select_range(conn, start, end)
-            summary = replaying.ReplaySummary(dry_run)
-            async for result in replaying.replay(
-                conn, ids, delete_mode=settings.delete_mode, dry_run=dry_run
-            ):
-                typer.echo(result.line())
-                summary.add(result)
-            return summary
-        finally:
-            await conn.close()
+    async def go(conn: asyncpg.Connection) -> replaying.ReplaySummary:
+        if svix_id:
+            ids = list(dict.fromkeys(svix_id))
+        elif dead_letters:
+            ids = await replaying.select_dead_letters(conn)
+        else:
+            ids = await replaying.select_range(conn, start, end)
+        summary = replaying.ReplaySummary(dry_run)
+        async for result in replaying.replay(
+            conn, ids, delete_mode=settings.delete_mode, dry_run=dry_run
+        ):
+            typer.echo(result.line())
+            summary.add(result)
+        return summary
 
-    summary: replaying.ReplaySummary = _run_on_inbox(settings, go, "replay")
+    with direct_database(settings) as dsn:
+        summary = on_database(
+            settings, dsn, go, "replay", schema_version=replaying.REPLAY_SCHEMA_VERSION
+        )
     typer.echo(summary.text())
     if summary.failed:
-        fail(f"{summary.failed} events could not be applied (see the lines above)")
+        raise ClerkSyncError(f"{summary.failed} events could not be applied (see the lines above)")
 
 
 @cli.command()
@@ -624,25 +572,19 @@ def events(
     from clerk_sync import inbox
 
     if outcome is not None and outcome not in inbox.OUTCOMES:
-        fail(f"--outcome: {outcome!r} is not one of {', '.join(inbox.OUTCOMES)}", 2)
-    start = _time_or_exit("--since", since)
-    settings = settings_or_exit(database_url=database_url, data_dir=data_dir)
+        raise ConfigError(f"--outcome: {outcome!r} is not one of {', '.join(inbox.OUTCOMES)}")
+    start = _time_option("--since", since)
+    settings = load_settings(database_url=database_url, data_dir=data_dir)
 
-    async def go(dsn: str) -> list[inbox.Delivery]:
-        conn = await _inbox_connection(settings, dsn, 1)
-        try:
-            return await inbox.list_deliveries(
-                conn,
-                limit=limit,
-                outcome=outcome,
-                event_type=event_type,
-                user_id=user_id,
-                since=start,
-            )
-        finally:
-            await conn.close()
+    async def go(conn: asyncpg.Connection) -> list[inbox.Delivery]:
+        return await inbox.list_deliveries(
+            conn, limit=limit, outcome=outcome, event_type=event_type, user_id=user_id, since=start
+        )
 
-    deliveries: list[inbox.Delivery] = _run_on_inbox(settings, go, "read the inbox")
+    with direct_database(settings) as dsn:
+        deliveries = on_database(
+            settings, dsn, go, "read the inbox", schema_version=inbox.INBOX_SCHEMA_VERSION
+        )
     if as_json or not sys.stdout.isatty():
         for delivery in deliveries:
             sys.stdout.write(delivery.json_line() + "\n")
@@ -684,7 +626,7 @@ def purge(
     from clerk_sync import retention
     from clerk_sync.inbox import BadTime, parse_duration
 
-    settings = settings_or_exit(database_url=database_url, data_dir=data_dir)
+    settings = load_settings(database_url=database_url, data_dir=data_dir)
     try:
         period = retention.retention_period(
             parse_duration(older_than)
@@ -692,16 +634,19 @@ def purge(
             else dt.timedelta(days=settings.retention_days)
         )
     except (BadTime, retention.RetentionTooShort) as exc:
-        fail(f"--older-than: {exc}", 2)
+        raise ConfigError(f"--older-than: {exc}") from None
 
-    async def go(dsn: str) -> int:
-        conn = await _inbox_connection(settings, dsn, retention.RETENTION_SCHEMA_VERSION)
-        try:
-            return await retention.purge_expired(conn, period, dead_letters=dead_letters)
-        finally:
-            await conn.close()
+    async def go(conn: asyncpg.Connection) -> int:
+        return await retention.purge_expired(conn, period, dead_letters=dead_letters)
 
-    deleted: int = _run_on_inbox(settings, go, "purge the inbox")
+    with direct_database(settings) as dsn:
+        deleted = on_database(
+            settings,
+            dsn,
+            go,
+            "purge the inbox",
+            schema_version=retention.RETENTION_SCHEMA_VERSION,
+        )
     kept = "" if dead_letters else "; dead letters kept (--dead-letters to purge them too)"
     typer.echo(f"purged {deleted} inbox rows older than {_describe_period(period)}{kept}")
 

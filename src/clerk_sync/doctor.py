@@ -1,41 +1,64 @@
 """`clerk-sync doctor`: what is wrong with a setup, found before Clerk's deliveries find it.
 
-Each check gives one `Finding`: a status and one plain sentence. The configuration is read the
-way `Settings` reads it (flags, then the environment, then `.env`), but from the raw values, so
-that a malformed secret is explained instead of stopping the command. No check prints more of a
-secret or key than its first 8 characters.
+Each check gives one `Finding`: a status and one plain sentence. The configuration is read by
+pydantic-settings' own sources for `Settings` (the same names, parsing and precedence: flags,
+then the environment, then `.env`), one variable at a time, so that a malformed secret is
+explained instead of stopping the command; each value is judged by the decoders and rules in
+`settings.py` that `serve` applies, and only explained here. No check prints more of a secret or
+key than its first 8 characters, nor any part of a DSN's password.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
-from dotenv import dotenv_values
+from pydantic_settings import DotEnvSettingsSource, EnvSettingsSource
+from pydantic_settings.sources.utils import parse_env_vars
 
 from clerk_sync import migrations
 from clerk_sync.app import WEBHOOK_PATH
+from clerk_sync.database import (
+    CONNECT_ERRORS,
+    DATABASE_ERRORS,
+    connect,
+    database_error,
+    uses_transaction_pooler,
+)
 from clerk_sync.datadir import DEV_SECRET_FILE, pgdata_path
-from clerk_sync.settings import DEFAULT_DATA_DIR, SECRET_PREFIX, split_secrets
-from clerk_sync.storage.postgres import connect, describe_dsn, uses_transaction_pooler
+from clerk_sync.errors import ConfigError
+from clerk_sync.settings import (
+    DEFAULT_DATA_DIR,
+    MIN_SIGNING_KEY_BYTES,
+    SECRET_PREFIX,
+    SUPABASE_PUBLISHABLE_KEY_PREFIX,
+    SUPABASE_SECRET_KEY_PREFIX,
+    Backend,
+    EmbeddedBackend,
+    PostgresBackend,
+    RestBackend,
+    Settings,
+    blank_is_unset,
+    check_database_url,
+    choose_backend,
+    describe_dsn,
+    signing_key,
+    split_secrets,
+    supabase_jwt_claims,
+    supabase_key_role,
+    variables,
+)
 
-SECRET_VARIABLES = ("CLERK_WEBHOOK_SECRET", "CLERK_WEBHOOK_SIGNING_SECRET")
 # Standard Webhooks: "Random. Between 24 bytes (192 bits) and 64 bytes"; Svix's are 24 or 32.
 SVIX_KEY_BYTES = range(24, 65)
-# Below this `Settings` refuses the secret, so `serve` would not start.
-MIN_KEY_BYTES = 16
 SUPABASE_ROLES = ("anon", "authenticated", "service_role")
 SHOWN_CHARACTERS = 8
 
@@ -89,35 +112,52 @@ class Supplied:
         return f"{self.variable} ({self.source})"
 
 
-@dataclass(frozen=True)
-class Sources:
-    """The environment and the `.env` file, looked up the way pydantic-settings does."""
+def _source(kind: type[EnvSettingsSource], values: Mapping[str, str]) -> EnvSettingsSource:
+    """A pydantic-settings source for `Settings` over `values` instead of what it would read."""
+    source = kind(Settings)
+    source.env_vars = parse_env_vars(
+        values, source.case_sensitive, source.env_ignore_empty, source.env_parse_none_str
+    )
+    return source
 
-    environ: Mapping[str, str]
-    dotenv: Mapping[str, str]
+
+class Sources:
+    """The environment and the `.env` file, looked up by pydantic-settings' own sources for
+    `Settings`: the environment beats `.env`; within one, the first of a field's names wins."""
+
+    def __init__(self, environ: Mapping[str, str], dotenv: Mapping[str, str]) -> None:
+        self._sources = (
+            ("environment", _source(EnvSettingsSource, environ)),
+            (".env", _source(DotEnvSettingsSource, dotenv)),
+        )
 
     @classmethod
     def load(cls, environ: Mapping[str, str], dotenv_path: Path = Path(".env")) -> Sources:
-        dotenv = {}
-        if dotenv_path.is_file():
-            dotenv = {k.upper(): v for k, v in dotenv_values(dotenv_path).items() if v is not None}
-        return cls({k.upper(): v for k, v in environ.items()}, dotenv)
+        dotenv = DotEnvSettingsSource(Settings, env_file=dotenv_path).env_vars
+        return cls(environ, {k: v for k, v in dotenv.items() if v is not None})
 
-    def lookup(self, *variables: str) -> Supplied | None:
-        """The value in force: the environment beats `.env`; within one, the first name wins."""
-        for source, values in (("environment", self.environ), (".env", self.dotenv)):
-            for variable in variables:
-                if variable in values:
-                    return Supplied(variable, source, values[variable])
+    def lookup(self, field: str) -> Supplied | None:
+        """The value in force for a `Settings` field, and where it comes from."""
+        for label, source in self._sources:
+            value, variable, _ = source.get_field_value(Settings.model_fields[field], field)
+            if value is not None:
+                return Supplied(variable, label, value)
         return None
 
-    def every(self, *variables: str) -> list[Supplied]:
-        """Every place any of `variables` is set, in the order `lookup` considers them."""
+    def value(self, field: str) -> str | None:
+        """The value in force, None when unset or blank (as `Settings` counts it)."""
+        supplied = self.lookup(field)
+        value = blank_is_unset(supplied.value) if supplied else None
+        return value.strip() if value else None
+
+    def every(self, field: str) -> list[Supplied]:
+        """Every place one of a field's variables is set, in the order `lookup` considers them."""
         found = []
-        for source, values in (("environment", self.environ), (".env", self.dotenv)):
-            for variable in variables:
-                if variable in values:
-                    found.append(Supplied(variable, source, values[variable]))
+        for label, source in self._sources:
+            for variable in variables(field):
+                value = source.env_vars.get(variable.lower())
+                if value is not None:
+                    found.append(Supplied(variable, label, value))
         return found
 
 
@@ -131,8 +171,8 @@ def _quoted(value: str) -> bool:
 
 def check_signing_secrets(sources: Sources, data_dir: Path = DEFAULT_DATA_DIR) -> list[Finding]:
     topic = "signing secret"
-    supplied = sources.lookup(*SECRET_VARIABLES)
-    if supplied is None or not supplied.value.strip():
+    supplied = sources.lookup("webhook_secret")
+    if supplied is None or blank_is_unset(supplied.value) is None:
         hint = ""
         if (data_dir / DEV_SECRET_FILE).is_file():
             hint = f" (only `serve --dev` runs without one: it uses {data_dir / DEV_SECRET_FILE})"
@@ -155,9 +195,9 @@ def check_signing_secrets(sources: Sources, data_dir: Path = DEFAULT_DATA_DIR) -
     findings: list[Finding] = []
     others = [
         s
-        for s in sources.every(*SECRET_VARIABLES)
+        for s in sources.every("webhook_secret")
         if s != supplied
-        and s.value.strip()
+        and blank_is_unset(s.value)
         and split_secrets(s.value) != split_secrets(supplied.value)
     ]
     for other in others:
@@ -208,22 +248,21 @@ def check_signing_secrets(sources: Sources, data_dir: Path = DEFAULT_DATA_DIR) -
 
 
 def _check_one_secret(topic: str, label: str, secret: str) -> Finding:
-    if not secret.startswith(SECRET_PREFIX):
-        return fail(
-            topic,
-            f"{label}: {shown(secret)} does not start with 'whsec_'; copy the Signing Secret "
-            "from Clerk Dashboard → Webhooks → your endpoint (not an API key)",
-        )
-    encoded = secret[len(SECRET_PREFIX) :]
     try:
-        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-    except (binascii.Error, ValueError):
+        key = signing_key(secret)  # as `serve` decodes it
+    except ValueError:
+        if not secret.startswith(SECRET_PREFIX):
+            return fail(
+                topic,
+                f"{label}: {shown(secret)} does not start with 'whsec_'; copy the Signing Secret "
+                "from Clerk Dashboard → Webhooks → your endpoint (not an API key)",
+            )
         return fail(
             topic,
             f"{label}: the part after 'whsec_' is not valid base64 (a character lost or added "
             "when copying?)",
         )
-    if len(key) < MIN_KEY_BYTES:
+    if len(key) < MIN_SIGNING_KEY_BYTES:  # `serve` refuses it
         return fail(
             topic,
             f"{label}: {shown(secret)} decodes to {len(key)} bytes, too short for a Svix signing "
@@ -242,19 +281,6 @@ def _check_one_secret(topic: str, label: str, secret: str) -> Finding:
 # --- the Supabase key ---------------------------------------------------------------------------
 
 
-def _jwt_claims(token: str) -> dict[str, Any] | None:
-    """The payload of a JWT, unverified (we only read which key it is), or None."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
-        claims = json.loads(payload)
-    except (binascii.Error, ValueError):
-        return None
-    return claims if isinstance(claims, dict) else None
-
-
 def _project_ref(supabase_url: str) -> str | None:
     host = urlsplit(supabase_url.strip()).hostname or ""
     return host.removesuffix(".supabase.co") if host.endswith(".supabase.co") else None
@@ -263,46 +289,22 @@ def _project_ref(supabase_url: str) -> str | None:
 def check_supabase_key(sources: Sources, *, direct: bool) -> list[Finding]:
     """The key in SUPABASE_SERVICE_ROLE_KEY must be the service-role or a secret key."""
     topic = "Supabase key"
-    key_var = sources.lookup("SUPABASE_SERVICE_ROLE_KEY")
-    url_var = sources.lookup("SUPABASE_URL")
-    key = key_var.value.strip() if key_var else ""
-    url = url_var.value.strip() if url_var else ""
-    if not key:
-        if url and not direct:
-            return [
-                fail(
-                    topic,
-                    "SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY is not: REST mode needs "
-                    "both (the secret key from Project Settings → API Keys)",
-                )
-            ]
-        return []
-    assert key_var is not None
+    key, url = sources.value("supabase_service_role_key"), sources.value("supabase_url")
     findings: list[Finding] = []
-    if not url and not direct:
-        findings.append(
-            fail(
-                topic,
-                "SUPABASE_SERVICE_ROLE_KEY is set but SUPABASE_URL is not: REST mode needs both "
-                "(https://<project-ref>.supabase.co)",
-            )
-        )
+    if not direct:
+        try:
+            choose_backend(None, url, key, DEFAULT_DATA_DIR)  # as `serve` chooses
+        except ConfigError as exc:  # REST mode, half set
+            findings.append(fail(topic, str(exc)))
+    key_var = sources.lookup("supabase_service_role_key")
+    if key is None or key_var is None:
+        return findings
     where = key_var.where
     if _quoted(key):
         return [*findings, fail(topic, f"{where} is wrapped in quotes: remove them")]
-    if key.startswith("sb_secret_"):
-        return [*findings, ok(topic, f"{where}: {shown(key)}, a secret key (acts as service_role)")]
-    if key.startswith("sb_publishable_"):
-        return [
-            *findings,
-            fail(
-                topic,
-                f"{where}: {shown(key)} is the publishable key, meant for browsers: RLS blocks its "
-                "writes; use a secret key (sb_secret_…) from Project Settings → API Keys",
-            ),
-        ]
-    claims = _jwt_claims(key) if key.startswith("eyJ") else None
-    if claims is None:
+    try:
+        role = supabase_key_role(key)  # as `Settings` reads it
+    except ValueError:
         return [
             *findings,
             fail(
@@ -311,7 +313,18 @@ def check_supabase_key(sources: Sources, *, direct: bool) -> list[Finding]:
                 "JWT eyJ… or a secret key sb_secret_…)",
             ),
         ]
-    role = claims.get("role")
+    if key.startswith(SUPABASE_SECRET_KEY_PREFIX):
+        return [*findings, ok(topic, f"{where}: {shown(key)}, a secret key (acts as service_role)")]
+    if key.startswith(SUPABASE_PUBLISHABLE_KEY_PREFIX):
+        return [
+            *findings,
+            fail(
+                topic,
+                f"{where}: {shown(key)} is the publishable key, meant for browsers: RLS blocks its "
+                "writes; use a secret key (sb_secret_…) from Project Settings → API Keys",
+            ),
+        ]
+    claims = supabase_jwt_claims(key) or {}
     if role == "anon":
         return [
             *findings,
@@ -409,7 +422,9 @@ async def check_database(dsn: str, *, described: str, timeout: float = 5.0) -> l
     try:
         async with asyncio.timeout(timeout):
             conn = await connect(dsn, timeout=timeout)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except ValueError as exc:  # a DSN asyncpg cannot read; its message may quote the password
+        return [fail("database", str(database_error(exc, dsn, "connect")))]
+    except CONNECT_ERRORS as exc:
         return [fail("database", f"cannot connect to {where}: {_reason(exc, timeout)}")]
     try:
         async with asyncio.timeout(timeout * 2):
@@ -422,12 +437,12 @@ async def check_database(dsn: str, *, described: str, timeout: float = 5.0) -> l
                     )
                 )
             findings.extend(await _check_schema(conn))
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         findings.append(fail("database", f"checking {where} failed: {_reason(exc, timeout)}"))
     finally:
         try:
             await asyncio.wait_for(conn.close(), timeout)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DATABASE_ERRORS:
             conn.terminate()
     return findings
 
@@ -647,33 +662,37 @@ async def _check_healthz(client: httpx.AsyncClient, url: str) -> Finding:
 
 @dataclass(frozen=True)
 class DatabaseTarget:
-    dsn: str | None  # None: the embedded database (or nothing to check in REST mode)
-    described: str
-    rest_mode: bool = False
+    backend: Backend
+    described: str  # where its setting comes from
 
 
-def database_target(sources: Sources, database_url: str | None) -> DatabaseTarget | Finding:
-    """Which database `serve` would use, or the finding that says why there is none."""
+def database_target(
+    sources: Sources, database_url: str | None, data_dir: Path = DEFAULT_DATA_DIR
+) -> DatabaseTarget | Finding:
+    """Which database `serve` would use (as `Settings.backend` chooses it), or the finding
+    that says why there is none."""
     supplied = (
         Supplied("--database-url", "flag", database_url)
         if database_url
-        else sources.lookup("DATABASE_URL")
+        else sources.lookup("database_url")
     )
-    if supplied is not None and supplied.value.strip():
-        dsn = supplied.value.strip()
-        if not dsn.startswith(("postgresql://", "postgres://")):
-            return fail(
-                "database",
-                f"{supplied.where} is not a postgresql://user:password@host:port/dbname "
-                "connection string",
-            )
-        return DatabaseTarget(
-            dsn, supplied.where if supplied.source != "flag" else "--database-url"
+    dsn = blank_is_unset(supplied.value) if supplied else None
+    if supplied is not None and dsn is not None:
+        try:
+            dsn = check_database_url(dsn)  # as `Settings` reads it; never echoed
+        except ValueError as exc:
+            return fail("database", f"{supplied.where}: {exc}")
+    try:
+        backend = choose_backend(
+            dsn, sources.value("supabase_url"), sources.value("supabase_service_role_key"), data_dir
         )
-    url = sources.lookup("SUPABASE_URL")
-    if url is not None and url.value.strip():
-        return DatabaseTarget(None, "REST mode", rest_mode=True)
-    return DatabaseTarget(None, "embedded")
+    except ConfigError:  # REST mode, half set: the Supabase key check says which half
+        return skip("database", "REST mode (SUPABASE_URL) is half set: see the Supabase key")
+    if isinstance(backend, PostgresBackend) and supplied is not None:
+        return DatabaseTarget(
+            backend, supplied.where if supplied.source != "flag" else "--database-url"
+        )
+    return DatabaseTarget(backend, backend.kind)
 
 
 def run(
@@ -688,19 +707,19 @@ def run(
     """Every check, in the order a delivery meets them: secret, key, database, endpoint."""
     sources = Sources.load(environ, dotenv_path)
     if data_dir is None:
-        configured = sources.lookup("CLERK_SYNC_DATA_DIR")
-        data_dir = Path(configured.value) if configured and configured.value else DEFAULT_DATA_DIR
+        configured = sources.value("data_dir")
+        data_dir = Path(configured) if configured else DEFAULT_DATA_DIR
     findings = check_signing_secrets(sources, data_dir)
-    target = database_target(sources, database_url)
-    direct = isinstance(target, DatabaseTarget) and target.dsn is not None
+    target = database_target(sources, database_url, data_dir)
+    direct = isinstance(target, DatabaseTarget) and isinstance(target.backend, PostgresBackend)
     findings += check_supabase_key(sources, direct=direct)
     if isinstance(target, Finding):
         findings.append(target)
-    elif target.dsn is not None:
+    elif isinstance(target.backend, PostgresBackend):
         findings += asyncio.run(
-            check_database(target.dsn, described=target.described, timeout=timeout)
+            check_database(target.backend.dsn, described=target.described, timeout=timeout)
         )
-    elif target.rest_mode:
+    elif isinstance(target.backend, RestBackend):
         findings.append(
             skip(
                 "database",
@@ -709,13 +728,14 @@ def run(
             )
         )
     else:
-        findings += _check_embedded(data_dir, timeout)
+        findings += _check_embedded(target.backend, timeout)
     if url:
         findings += asyncio.run(check_endpoint(url, timeout=max(timeout, 10.0)))
     return findings
 
 
-def _check_embedded(data_dir: Path, timeout: float) -> list[Finding]:
+def _check_embedded(backend: EmbeddedBackend, timeout: float) -> list[Finding]:
+    data_dir = backend.data_dir
     if not (pgdata_path(data_dir) / "PG_VERSION").is_file():
         return [
             fail(

@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from clerk_sync.errors import Refused
+
 # The event types whose data changes public.users. Every other type is recorded and ignored.
 USER_EVENT_TYPES = frozenset({"user.created", "user.updated", "user.deleted"})
 SIGN_IN_EVENT_TYPE = "session.created"
@@ -59,7 +61,7 @@ class Outcome(StrEnum):
     IGNORED = "ignored"
 
 
-class NotAClerkEvent(Exception):
+class NotAClerkEvent(Refused):
     """A verified body that can never be applied; the message says why."""
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from clerk_sync.errors import ConfigError
 from clerk_sync.logs import mask
 
 if TYPE_CHECKING:
@@ -36,7 +37,11 @@ _DURATION = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-class BadTime(ValueError):
+# The schema version that brought clerk_sync.inbox.
+INBOX_SCHEMA_VERSION = 1
+
+
+class BadTime(ConfigError, ValueError):
     """A time or duration that cannot be read; the message says what is expected."""
 
 

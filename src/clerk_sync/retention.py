@@ -18,7 +18,8 @@ import logging
 
 import asyncpg
 
-from clerk_sync.storage.postgres import connect
+from clerk_sync.database import DATABASE_ERRORS, connect
+from clerk_sync.errors import ConfigError
 
 log = logging.getLogger("clerk_sync.retention")
 
@@ -33,7 +34,7 @@ DEFAULT_INTERVAL_S = 3600.0
 PURGE_SQL = "select public.clerk_sync_purge_inbox($1, $2, $3)"
 
 
-class RetentionTooShort(ValueError):
+class RetentionTooShort(ConfigError, ValueError):
     """Dedupe would not outlast Svix's retries."""
 
 
@@ -102,7 +103,7 @@ async def retention_loop(
                     await conn.close(timeout=5)
             else:
                 deleted = await purge_expired(db, period)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("retention: purge failed, next try in %.0f s: %s", interval_s, exc)
         else:
             if deleted:

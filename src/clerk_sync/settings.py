@@ -3,6 +3,9 @@
 Precedence is flags, then real environment variables, then `.env` (pydantic-settings gives init
 arguments, then the environment, then the dotenv file). A value that is missing or malformed
 stops the command with one line naming the variable; a secret is never echoed back.
+
+`Settings.backend` is the one place that chooses where writes go (direct PostgreSQL, Supabase's
+REST API, or the embedded server); `doctor` reads the same rules and decoders from here.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import base64
 import binascii
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from clerk_sync.errors import ConfigError
 
 SECRET_PREFIX = "whsec_"
 CLERK_SECRET_KEY_PREFIX = "sk_"
@@ -25,14 +31,17 @@ DEFAULT_DATA_DIR = Path(".clerk-sync")
 SUPABASE_SECRET_KEY_PREFIX = "sb_secret_"
 SUPABASE_PUBLISHABLE_KEY_PREFIX = "sb_publishable_"
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+# Below this a key is refused: no Svix secret is this short (theirs are 24 or 32 bytes).
+MIN_SIGNING_KEY_BYTES = 16
 
 
-class ConfigError(Exception):
-    """A setting is missing or malformed; the message names the variable and says what to do."""
+def blank_is_unset(value: str | None) -> str | None:
+    """A variable set to nothing (or only whitespace) counts as not set, for every setting."""
+    return None if value is None or not value.strip() else value
 
 
-def decode_signing_secret(secret: str) -> bytes:
-    """The HMAC key inside a Svix signing secret `whsec_<base64>`."""
+def signing_key(secret: str) -> bytes:
+    """The bytes inside a Svix signing secret `whsec_<base64>`, however many there are."""
     if not secret.startswith(SECRET_PREFIX):
         raise ValueError(
             "a Svix signing secret starts with 'whsec_' (copy it from Clerk Dashboard → Webhooks → "
@@ -41,33 +50,146 @@ def decode_signing_secret(secret: str) -> bytes:
     encoded = secret[len(SECRET_PREFIX) :]
     try:
         # The reference libraries pad before decoding, so unpadded secrets work too.
-        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("the part after 'whsec_' is not valid base64") from None
-    if len(key) < 16:
+
+
+def decode_signing_secret(secret: str) -> bytes:
+    """The HMAC key inside a Svix signing secret, as `serve` accepts it."""
+    key = signing_key(secret)
+    if len(key) < MIN_SIGNING_KEY_BYTES:
         raise ValueError("the secret is too short to be a Svix signing secret")
     return key
 
 
+def supabase_jwt_claims(key: str) -> dict[str, Any] | None:
+    """The claims of a legacy Supabase key (a JWT), unverified: only Supabase can check its
+    signature, we only read which key it is. None when it is not a JWT."""
+    parts = key.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
 def supabase_key_role(key: str) -> str:
     """The database role a Supabase API key acts as: `service_role` for a secret key
-    (`sb_secret_…`), `anon` for a publishable one, else the legacy JWT's `role` claim (the
-    signature is Supabase's to check). ValueError when the key is neither."""
+    (`sb_secret_…`), `anon` for a publishable one, else the legacy JWT's `role` claim.
+    ValueError when the key is neither."""
     if key.startswith(SUPABASE_SECRET_KEY_PREFIX):
         return "service_role"
     if key.startswith(SUPABASE_PUBLISHABLE_KEY_PREFIX):
         return "anon"
-    parts = key.split(".")
-    if len(parts) != 3:
-        raise ValueError("not a Supabase API key")
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (binascii.Error, ValueError):
-        raise ValueError("not a Supabase API key") from None
-    role = claims.get("role") if isinstance(claims, dict) else None
+    role = (supabase_jwt_claims(key) or {}).get("role")
     if not isinstance(role, str):
         raise ValueError("not a Supabase API key")
     return role
+
+
+def check_database_url(value: str) -> str:
+    """A `postgresql://` DSN as asyncpg will read it; ValueError, never echoing the value (it
+    holds the password), when it cannot be."""
+    value = value.strip()
+    expected = "expected a postgresql://user:password@host:port/dbname connection string"
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ValueError(expected)
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        # The usual cause is a password with '#', '/' or '@' in it.
+        raise ValueError(
+            f"{expected}; its port is not a number (percent-encode special characters "
+            "in the password, e.g. '#' as %23)"
+        ) from None
+    if not (parts.hostname or "host=" in parts.query) or port == 0:
+        raise ValueError(f"{expected}; it names no host")
+    return value
+
+
+def describe_dsn(dsn: str) -> str:
+    """Where a DSN points, without its password: for messages."""
+    try:
+        parts = urlsplit(dsn)
+        where = parts.hostname or "local socket"
+        return f"{where}:{parts.port or 5432}{parts.path}"
+    except ValueError:
+        return "the configured database"
+
+
+# --- where writes go ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresBackend:
+    """Direct PostgreSQL (DATABASE_URL): writes, migrations and every operations command."""
+
+    dsn: str = field(repr=False)  # it holds the password
+    kind: ClassVar[str] = "postgres"
+
+    @property
+    def where(self) -> str:
+        return describe_dsn(self.dsn)
+
+
+@dataclass(frozen=True, slots=True)
+class RestBackend:
+    """Supabase's REST API (SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY): writes only; it cannot
+    migrate, and the operations commands need a direct connection."""
+
+    url: str
+    key: str = field(repr=False)
+    kind: ClassVar[str] = "rest"
+
+    @property
+    def where(self) -> str:
+        return f"Supabase's REST API at {urlsplit(self.url).hostname}"
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedBackend:
+    """Neither is set: an embedded PostgreSQL kept in the data directory, started by the CLI."""
+
+    data_dir: Path
+    kind: ClassVar[str] = "embedded"
+
+    @property
+    def where(self) -> str:
+        return "embedded PostgreSQL"
+
+
+Backend = PostgresBackend | RestBackend | EmbeddedBackend
+
+
+def choose_backend(
+    database_url: str | None,
+    supabase_url: str | None,
+    supabase_service_role_key: str | None,
+    data_dir: Path,
+) -> Backend:
+    """DATABASE_URL wins; else REST mode when both Supabase settings are set; else embedded.
+    ConfigError when only one of the Supabase pair is set (REST mode was meant, half of it is
+    missing)."""
+    if database_url:
+        return PostgresBackend(database_url)
+    if supabase_url and supabase_service_role_key:
+        return RestBackend(supabase_url, supabase_service_role_key)
+    if supabase_url:
+        raise ConfigError(
+            "SUPABASE_SERVICE_ROLE_KEY: not set; REST mode needs it with SUPABASE_URL (the "
+            "service_role or sb_secret_… key from Supabase Dashboard → Project Settings → API "
+            "Keys), or set DATABASE_URL instead"
+        )
+    if supabase_service_role_key:
+        raise ConfigError(
+            "SUPABASE_URL: not set; REST mode needs it with SUPABASE_SERVICE_ROLE_KEY "
+            "(https://<project-ref>.supabase.co), or set DATABASE_URL instead"
+        )
+    return EmbeddedBackend(data_dir)
 
 
 def split_secrets(value: str) -> list[str]:
@@ -120,10 +242,22 @@ class Settings(BaseSettings):
     # dedupe must outlast Svix's ~27 h of retries. Dead letters are kept until replayed.
     retention_days: int = Field(default=30, ge=2, validation_alias="CLERK_SYNC_RETENTION_DAYS")
 
+    @field_validator(
+        "webhook_secret",
+        "database_url",
+        "supabase_url",
+        "supabase_service_role_key",
+        "clerk_secret_key",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return blank_is_unset(value) if isinstance(value, str) else value
+
     @field_validator("webhook_secret")
     @classmethod
     def _check_secrets(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
+        if value is None:
             return None
         for secret in split_secrets(value):
             decode_signing_secret(secret)
@@ -132,28 +266,12 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        expected = "expected a postgresql://user:password@host:port/dbname connection string"
-        if not value.startswith(("postgresql://", "postgres://")):
-            raise ValueError(expected)
-        try:
-            parts = urlsplit(value.strip())
-            port = parts.port
-        except ValueError:
-            # Never echo the value: the usual cause is a password with '#', '/' or '@' in it.
-            raise ValueError(
-                f"{expected}; its port is not a number (percent-encode special characters "
-                "in the password, e.g. '#' as %23)"
-            ) from None
-        if not (parts.hostname or "host=" in parts.query) or port == 0:
-            raise ValueError(f"{expected}; it names no host")
-        return value.strip()
+        return None if value is None else check_database_url(value)
 
     @field_validator("supabase_url")
     @classmethod
     def _check_supabase_url(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
+        if value is None:
             return None
         expected = "expected the project URL, such as https://<project-ref>.supabase.co"
         try:
@@ -172,7 +290,7 @@ class Settings(BaseSettings):
     @field_validator("supabase_service_role_key")
     @classmethod
     def _check_supabase_key(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
+        if value is None:
             return None
         value = value.strip()
         where = "Supabase Dashboard → Project Settings → API Keys"
@@ -195,7 +313,7 @@ class Settings(BaseSettings):
     @field_validator("clerk_secret_key")
     @classmethod
     def _check_clerk_secret_key(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
+        if value is None:
             return None
         if not value.strip().startswith(CLERK_SECRET_KEY_PREFIX):
             # Never echo the value: a publishable key (pk_…) pasted here is harmless, but a
@@ -215,9 +333,19 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     @property
+    def backend(self) -> Backend:
+        """Where writes go (see `choose_backend`); ConfigError when REST mode is half set."""
+        return choose_backend(
+            self.database_url, self.supabase_url, self.supabase_service_role_key, self.data_dir
+        )
+
+    @property
     def rest_mode(self) -> bool:
         """Writes go through Supabase's REST API: SUPABASE_URL and its key set, DATABASE_URL not."""
-        return not self.database_url and bool(self.supabase_url and self.supabase_service_role_key)
+        try:
+            return isinstance(self.backend, RestBackend)
+        except ConfigError:
+            return False
 
     @property
     def signing_secrets(self) -> list[str]:
@@ -228,25 +356,13 @@ class Settings(BaseSettings):
         return [decode_signing_secret(s) for s in self.signing_secrets]
 
 
-# The variable a user sets for each field, for error messages.
-_VARIABLES = {
-    "webhook_secret": "CLERK_WEBHOOK_SECRET",
-    "database_url": "DATABASE_URL",
-    "supabase_url": "SUPABASE_URL",
-    "supabase_service_role_key": "SUPABASE_SERVICE_ROLE_KEY",
-    "data_dir": "CLERK_SYNC_DATA_DIR",
-    "host": "HOST",
-    "port": "PORT",
-    "delete_mode": "CLERK_SYNC_DELETE_MODE",
-    "max_body_bytes": "CLERK_SYNC_MAX_BODY_BYTES",
-    "failed_verification_limit": "CLERK_SYNC_FAILED_VERIFICATION_LIMIT",
-    "db_timeout": "CLERK_SYNC_DB_TIMEOUT",
-    "pool_size": "CLERK_SYNC_POOL_SIZE",
-    "prepared_statements": "CLERK_SYNC_PREPARED_STATEMENTS",
-    "clerk_secret_key": "CLERK_SECRET_KEY",
-    "clerk_api_url": "CLERK_API_URL",
-    "retention_days": "CLERK_SYNC_RETENTION_DAYS",
-}
+def variables(field: str) -> tuple[str, ...]:
+    """The variables a field is read from, in the order pydantic-settings tries them (the
+    first is the one to name in messages)."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return tuple(choice for choice in alias.choices if isinstance(choice, str))
+    return (alias,) if isinstance(alias, str) else (field.upper(),)
 
 
 def load_settings(**flags: Any) -> Settings:
@@ -257,6 +373,6 @@ def load_settings(**flags: Any) -> Settings:
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else ""
-        variable = _VARIABLES.get(field, field)
+        variable = variables(field)[0] if field in Settings.model_fields else field
         message = str(error["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{variable}: {message}") from None

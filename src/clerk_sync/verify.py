@@ -23,12 +23,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from clerk_sync.errors import Refused
+
 TOLERANCE_SECONDS = 5 * 60
 MAX_ID_LENGTH = 255
 MAX_SIGNATURE_HEADER_LENGTH = 4096
 
 
-class VerificationError(Exception):
+class VerificationError(Refused):
     """A delivery we must refuse. `status` is 400 (malformed) or 401 (not genuine)."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:

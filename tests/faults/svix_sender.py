@@ -2,7 +2,7 @@
 events with the final state it must leave (computed here from the contract alone, not from the
 SQL), a comparator for the database, and servers that are cleaned up whatever happens.
 
-The sender, like Svix (docs.svix.com/retries, reference/facts.md §4):
+The sender, like Svix (docs.svix.com/retries):
 - keeps a bounded number of deliveries in flight;
 - treats anything but a 2xx within 15 s (a 3xx, 4xx, 5xx, a refused or dropped connection, a
   timeout) as a failure and re-sends on a schedule (Svix waits 5 s, 5 min, 30 min, ...; here
@@ -250,7 +250,7 @@ def ms(value: int | None) -> datetime | None:
 def user_data(
     rng: random.Random, n: int, user_id: str, version: int, updated_at: int
 ) -> dict[str, Any]:
-    """A Clerk UserJSON (reference/facts.md §2.2) at one version of its profile."""
+    """A Clerk UserJSON (as in `examples/user.created.json`) at one version of its profile."""
     short = user_id.removeprefix("user_")
     emails = [
         {

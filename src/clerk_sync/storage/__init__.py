@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from clerk_sync.settings import PostgresBackend, RestBackend
 from clerk_sync.storage.base import EventRejected, Store, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -13,33 +14,28 @@ if TYPE_CHECKING:
 __all__ = ["EventRejected", "Store", "StoreUnavailable", "open_store"]
 
 
-async def open_store(settings: Settings, dsn: str | None = None) -> Store:
-    """The backend the settings choose: PostgreSQL at `dsn` (default DATABASE_URL), else
-    Supabase's REST API (SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY).
+async def open_store(settings: Settings, backend: PostgresBackend | RestBackend) -> Store:
+    """The `Store` for `backend` (from `settings.backend`, or PostgreSQL at a DSN of the
+    caller's, such as the embedded server's), tuned by `settings`.
 
     Each backend is imported only when chosen: REST mode never loads the database driver.
     """
-    dsn = dsn or settings.database_url
-    if dsn:
+    if isinstance(backend, PostgresBackend):
         from clerk_sync.storage.postgres import PostgresStore
 
         return await PostgresStore.open(
-            dsn,
+            backend.dsn,
             delete_mode=settings.delete_mode,
             timeout=settings.db_timeout,
             pool_size=settings.pool_size,
             prepared_statements=settings.prepared_statements,
         )
-    if settings.supabase_url and settings.supabase_service_role_key:
-        from clerk_sync.storage.rest import RestStore
+    from clerk_sync.storage.rest import RestStore
 
-        return RestStore(
-            settings.supabase_url,
-            settings.supabase_service_role_key,
-            delete_mode=settings.delete_mode,
-            timeout=settings.db_timeout,
-            max_connections=settings.pool_size,
-        )
-    raise ValueError(
-        "no database configured: set DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY"
+    return RestStore(
+        backend.url,
+        backend.key,
+        delete_mode=settings.delete_mode,
+        timeout=settings.db_timeout,
+        max_connections=settings.pool_size,
     )

@@ -1,17 +1,22 @@
-"""The one interface the HTTP layer (and the CLI) uses to write; no backend details leak past it."""
+"""The one interface the HTTP layer uses to write; no backend details leak past it.
+
+The CLI writes nothing through it (`serve` only asks a REST-mode store, at start, whether the
+schema is there): its operations commands (migrate, replay, backfill, …) need a direct
+connection, and take it from `clerk_sync.database`."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from clerk_sync.errors import DatabaseUnavailable, Refused
 from clerk_sync.events import ClerkEvent, Outcome
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(DatabaseUnavailable):
     """The database is down, too slow, or not ready: the delivery should be retried later."""
 
 
-class EventRejected(Exception):
+class EventRejected(Refused):
     """The database refused the event's data: retrying cannot help."""
 
 

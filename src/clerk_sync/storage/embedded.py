@@ -14,12 +14,13 @@ from typing import Any
 import psutil
 
 from clerk_sync.datadir import pgdata_path
+from clerk_sync.errors import DatabaseUnavailable
 
 log = logging.getLogger("clerk_sync.embedded")
 
 
-class EmbeddedPostgresError(Exception):
-    pass
+class EmbeddedPostgresError(DatabaseUnavailable):
+    """The embedded server could not be started; the message says where its log is."""
 
 
 def _forget_dead_handles(pgdata: Path) -> None:

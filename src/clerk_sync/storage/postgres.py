@@ -1,4 +1,5 @@
-"""Direct PostgreSQL through `DATABASE_URL` (or the embedded server), with an asyncpg pool.
+"""The `Store` backend for direct PostgreSQL through `DATABASE_URL` (or the embedded server),
+with an asyncpg pool. Connection options and error kinds are `clerk_sync.database`'s.
 
 Each event is one call of `public.clerk_sync_apply`: one statement, one transaction, so a
 failure at any point leaves nothing half-written. Every wait is bounded (pool, connect, query)
@@ -10,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import asyncpg
 
+from clerk_sync.database import CONNECT_ERRORS, DATABASE_ERRORS, UNREACHABLE, statement_cache_size
 from clerk_sync.events import ClerkEvent, Outcome
 from clerk_sync.migrations import current_version, latest_version
 from clerk_sync.storage.base import EventRejected, StoreUnavailable
@@ -30,10 +31,6 @@ order by event_index
 """
 RECORD_INVALID_SQL = "select public.clerk_sync_record_invalid($1, $2, $3)"
 
-# Supabase's transaction poolers (Supavisor, PgBouncer) listen on 6543 and cannot keep prepared
-# statements between transactions.
-TRANSACTION_POOLER_PORT = 6543
-
 # Group commit: one write transaction at a time per process; deliveries that arrive while it
 # runs share the next one (up to MAX_BATCH). A batch statement has a fixed cost, so fewer, larger
 # batches do more per second (measured with bench/run.py: ~4,400/s with one in flight, ~3,600/s
@@ -42,38 +39,8 @@ TRANSACTION_POOLER_PORT = 6543
 MAX_WRITES_IN_FLIGHT = 1
 MAX_BATCH = 100
 
-
-def uses_transaction_pooler(dsn: str) -> bool:
-    try:
-        return urlsplit(dsn).port == TRANSACTION_POOLER_PORT
-    except ValueError:
-        return False
-
-
-def describe_dsn(dsn: str) -> str:
-    """Where a DSN points, without its password: for error messages."""
-    try:
-        parts = urlsplit(dsn)
-        where = parts.hostname or "local socket"
-        return f"{where}:{parts.port or 5432}{parts.path}"
-    except ValueError:
-        return "the configured database"
-
-
-def statement_cache_size(dsn: str, prepared_statements: str) -> int:
-    """asyncpg's prepared-statement cache: off through a transaction pooler (or when asked)."""
-    use_cache = prepared_statements == "on" or (
-        prepared_statements == "auto" and not uses_transaction_pooler(dsn)
-    )
-    return 1024 if use_cache else 0
-
-
-async def connect(
-    dsn: str, prepared_statements: str = "auto", timeout: float = 10
-) -> asyncpg.Connection:
-    return await asyncpg.connect(
-        dsn, timeout=timeout, statement_cache_size=statement_cache_size(dsn, prepared_statements)
-    )
+# A failure to reach the database, or a DSN asyncpg cannot read (ValueError): answered 503.
+_UNAVAILABLE = (*UNREACHABLE, ValueError)
 
 
 async def _no_session_reset(conn: asyncpg.Connection) -> None:
@@ -142,12 +109,7 @@ class PostgresStore:
             raise EventRejected(str(exc)) from None
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
             raise StoreUnavailable("the database did not answer in time") from exc
-        except (
-            OSError,
-            ValueError,
-            asyncpg.InterfaceError,
-            asyncpg.PostgresConnectionError,
-        ) as exc:
+        except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"database error: {type(exc).__name__}: {exc}") from exc
 
     def _deadline(self) -> float:
@@ -198,13 +160,7 @@ class PostgresStore:
             async with asyncio.timeout(self._timeout):
                 async with self._pool.acquire(timeout=self._timeout) as conn:
                     version = await current_version(conn)
-        except (
-            TimeoutError,
-            OSError,
-            ValueError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-        ) as exc:
+        except CONNECT_ERRORS as exc:
             return f"database unreachable: {type(exc).__name__}"
         if version < latest_version():
             return (
@@ -215,5 +171,5 @@ class PostgresStore:
     async def close(self) -> None:
         try:
             await asyncio.wait_for(self._pool.close(), timeout=self._timeout)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DATABASE_ERRORS:
             self._pool.terminate()

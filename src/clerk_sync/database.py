@@ -1,0 +1,172 @@
+"""Connecting to PostgreSQL, and what its failures mean, for every path that talks to it
+directly: the `Store` backend's pool, the server's retention loop, and the operations commands
+(`migrate`, `replay`, `events`, `purge`, `users`, `backfill`, `doctor`).
+
+Connections work through Supabase's transaction pooler (port 6543: no prepared statements). A
+failure becomes one of the kinds in `clerk_sync.errors`, by its SQLSTATE class, with a message of
+one line that names where the database is but never the DSN (it holds the password).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from clerk_sync.errors import ClerkSyncError, ConfigError, DatabaseUnavailable, Refused
+from clerk_sync.settings import describe_dsn
+
+__all__ = [
+    "CONNECT_ERRORS",
+    "DATABASE_ERRORS",
+    "TRANSACTION_POOLER_PORT",
+    "UNREACHABLE",
+    "SchemaTooOld",
+    "connect",
+    "connection",
+    "database_error",
+    "describe_dsn",
+    "one_line",
+    "statement_cache_size",
+    "uses_transaction_pooler",
+]
+
+# Supabase's transaction poolers (Supavisor, PgBouncer) listen on 6543 and cannot keep prepared
+# statements between transactions.
+TRANSACTION_POOLER_PORT = 6543
+
+# Whatever the driver raises when a database cannot be reached or used: the network (OSError),
+# time running out, the server's errors, and the driver's own (a connection closed under it).
+DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# The database could not be reached (or the connection broke): an outage, not a wrong query.
+UNREACHABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
+# Connecting may also raise ValueError: asyncpg's answer to a DSN it cannot read.
+CONNECT_ERRORS = (*DATABASE_ERRORS, ValueError)
+
+# SQLSTATE classes (the first two characters) by what they mean for the caller.
+# https://www.postgresql.org/docs/current/errcodes-appendix.html
+UNAVAILABLE_CLASSES = frozenset(
+    {
+        "08",  # connection exception
+        "40",  # transaction rollback (serialization failure, deadlock): retrying settles it
+        "53",  # insufficient resources (too many connections, disk full)
+        "55",  # object not in prerequisite state (a lock not available)
+        "57",  # operator intervention (query canceled by a timeout, server shutting down)
+        "58",  # system error (an I/O error in the server)
+    }
+)
+CONFIGURATION_CLASSES = frozenset(
+    {
+        "28",  # invalid authorization (a wrong password or user)
+        "3D",  # invalid catalog name (no such database)
+    }
+)
+REFUSED_CLASSES = frozenset(
+    {
+        "22",  # data exception: this data, retrying cannot help
+        "23",  # integrity constraint violation
+    }
+)
+
+
+class SchemaTooOld(ClerkSyncError):
+    """The database's schema is older than this command needs: run `clerk-sync migrate`."""
+
+
+def uses_transaction_pooler(dsn: str) -> bool:
+    try:
+        return urlsplit(dsn).port == TRANSACTION_POOLER_PORT
+    except ValueError:
+        return False
+
+
+def statement_cache_size(dsn: str, prepared_statements: str) -> int:
+    """asyncpg's prepared-statement cache: off through a transaction pooler (or when asked)."""
+    use_cache = prepared_statements == "on" or (
+        prepared_statements == "auto" and not uses_transaction_pooler(dsn)
+    )
+    return 1024 if use_cache else 0
+
+
+async def connect(
+    dsn: str, prepared_statements: str = "auto", timeout: float = 10
+) -> asyncpg.Connection:
+    """One connection, pooler-safe. Raises what asyncpg raises (see `database_error`)."""
+    return await asyncpg.connect(
+        dsn, timeout=timeout, statement_cache_size=statement_cache_size(dsn, prepared_statements)
+    )
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (asyncpg's run to several), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def database_error(exc: BaseException, dsn: str, doing: str, then: str = "") -> ClerkSyncError:
+    """What a failure while `doing` something with the database at `dsn` means, in one line;
+    `then` says what to do about an outage (e.g. "run it again to resume").
+
+    A DSN asyncpg cannot read (ValueError) is a configuration error: asyncpg's message may quote
+    the DSN, so only the kind of mistake is said."""
+    where = describe_dsn(dsn)
+    then = f" ({then})" if then else ""
+    if isinstance(exc, ValueError):
+        return ConfigError(
+            "DATABASE_URL: the connection string cannot be read (percent-encode special "
+            "characters in the password, e.g. '#' as %23, and check its options)"
+        )
+    if isinstance(exc, TimeoutError | asyncpg.QueryCanceledError):
+        return DatabaseUnavailable(
+            f"cannot {doing} at {where}: the database did not answer in time{then}"
+        )
+    reason = one_line(exc)
+    hint = getattr(exc, "hint", None)
+    if hint:
+        reason += f". {hint}"
+    sqlstate = str(getattr(exc, "sqlstate", "") or "")
+    if sqlstate[:2] in CONFIGURATION_CLASSES:
+        return ConfigError(f"DATABASE_URL: cannot {doing} at {where}: {reason}")
+    if sqlstate[:2] in REFUSED_CLASSES:
+        return Refused(f"cannot {doing} at {where}: {reason}")
+    return DatabaseUnavailable(f"cannot {doing} at {where}: {reason}{then}")
+
+
+@asynccontextmanager
+async def connection(
+    dsn: str,
+    doing: str,
+    *,
+    then: str = "",
+    prepared_statements: str = "auto",
+    schema_version: int = 0,
+    timeout: float = 10,
+) -> AsyncIterator[asyncpg.Connection]:
+    """A connection for an operations command, closed after it. Any database failure inside
+    the block comes out as the `ClerkSyncError` of `database_error`; `SchemaTooOld` when the
+    schema is older than `schema_version`."""
+    from clerk_sync.migrations import current_version
+
+    try:
+        conn = await connect(dsn, prepared_statements, timeout)
+    except CONNECT_ERRORS as exc:
+        raise database_error(exc, dsn, doing, then) from None
+    try:
+        if schema_version:
+            found = await current_version(conn)
+            if found < schema_version:
+                raise SchemaTooOld(
+                    f"the database at {describe_dsn(dsn)} is at schema version {found}, this "
+                    f"needs {schema_version}: run `clerk-sync migrate`"
+                )
+        yield conn
+    except DATABASE_ERRORS as exc:
+        raise database_error(exc, dsn, doing, then) from None
+    finally:
+        try:
+            await asyncio.wait_for(conn.close(), timeout)
+        except DATABASE_ERRORS:
+            conn.terminate()
