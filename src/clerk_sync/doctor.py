@@ -28,6 +28,7 @@ from dotenv import dotenv_values
 from clerk_sync import migrations
 from clerk_sync.app import WEBHOOK_PATH
 from clerk_sync.datadir import DEV_SECRET_FILE, pgdata_path
+from clerk_sync.session_sync_checks import check_session_sync
 from clerk_sync.settings import DEFAULT_DATA_DIR, SECRET_PREFIX, split_secrets
 from clerk_sync.storage.postgres import connect, describe_dsn, uses_transaction_pooler
 
@@ -710,6 +711,7 @@ def run(
         )
     else:
         findings += _check_embedded(data_dir, timeout)
+    findings += check_session_sync(sources, timeout=timeout)
     if url:
         findings += asyncio.run(check_endpoint(url, timeout=max(timeout, 10.0)))
     return findings

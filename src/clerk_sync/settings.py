@@ -131,7 +131,8 @@ class Settings(BaseSettings):
             return None
         from clerk_sync.session_tokens import load_pem_key  # cryptography only when set
 
-        pem = value.strip().replace("\\n", "\n")  # one line in .env files: "\n" for newlines
+        # A PEM given on one line (a .env file, a platform's variable) spells newlines as \n.
+        pem = value.replace("\\n", "\n").strip()
         load_pem_key(pem)
         return pem
 
