@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +48,7 @@ class KeyPair:
             "fva": [0, -1],
             "iat": now,
             "iss": ISSUER,
-            "jti": "jti_" + user_id,
+            "jti": secrets.token_hex(10),  # each token its own, as Clerk's
             "nbf": now - 5,
             "sid": "sess_" + user_id.removeprefix("user_"),
             "sts": "active",

@@ -192,6 +192,18 @@ def test_keys_are_reread_after_max_age_and_kept_when_the_reread_fails() -> None:
     assert refused(PAIR.token(), verifier).reason == "unknown_key"
 
 
+def test_a_verified_token_is_remembered_until_it_expires() -> None:
+    verifier = SessionTokenVerifier(PemKey(PAIR.public_pem))
+    token = PAIR.token(exp=int(time.time()) - 4)  # expired, but within the leeway
+    assert verify(token, verifier)["sub"] == "user_session1"
+    verifier.keys = PemKey(OTHER.public_pem)  # its signature would not match any more
+    assert verify(token, verifier)["sub"] == "user_session1"  # remembered: not checked again
+    assert refused(PAIR.token(), verifier).reason == "bad_signature"  # a new token is
+    time.sleep(1.5)
+    verifier.keys = PemKey(PAIR.public_pem)
+    assert refused(token, verifier).reason == "expired"  # past its leeway: checked, refused
+
+
 def test_rotation_through_the_backend_api_stand_in() -> None:
     standin = clerk_standin.StandIn(jwks=jwks(PAIR))
 

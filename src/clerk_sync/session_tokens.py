@@ -17,13 +17,15 @@ PyJWT, as Clerk's own Python SDK does, and add what PyJWT leaves to the caller:
 Keys come from CLERK_JWT_KEY (a PEM, no network) or the Backend API's `GET /v1/jwks`: fetched on
 first use, re-read every few minutes, and fetched again for a `kid` not in the set (a rotation),
 by one request at a time and at most once per MIN_REFETCH_SECONDS, so that a flood of tokens
-with made-up `kid`s costs one fetch, not one per token.
+with made-up `kid`s costs one fetch, not one per token. A token that passed is remembered until
+it expires (a page sends the same one until Clerk refreshes it), so its signature is checked once.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -45,6 +47,7 @@ REQUIRED_CLAIMS = ("exp", "sub", "sid")
 MAX_TOKEN_LENGTH = 16 * 1024
 JWKS_MAX_AGE_SECONDS = 300.0  # then re-read, so a key Clerk removed stops being accepted
 MIN_REFETCH_SECONDS = 5.0  # between two fetches of the JWKS, whatever the tokens say
+MAX_VERIFIED_TOKENS = 10_000  # remembered until they expire (each lives about a minute)
 
 Claims = dict[str, Any]
 
@@ -189,10 +192,26 @@ class SessionTokenVerifier:
     def __init__(self, keys: KeySource, *, authorized_parties: Sequence[str] = ()) -> None:
         self.keys = keys
         self._authorized_parties = frozenset(origin(party) for party in authorized_parties)
+        # Tokens verified lately, until they expire: a page sends the same token on every call
+        # until Clerk refreshes it (about a minute), and checking its signature again would be
+        # most of what such a call costs.
+        self._verified: OrderedDict[str, Claims] = OrderedDict()
 
     async def verify(self, token: str) -> Claims:
         """The claims of a genuine, current session token; InvalidSessionToken otherwise
         (KeysUnavailable when the JWKS cannot be fetched)."""
+        claims = self._verified.get(token)
+        if claims is not None:
+            if time.time() <= claims["exp"] + LEEWAY_SECONDS:
+                return dict(claims)
+            del self._verified[token]
+        claims = await self._verify(token)
+        self._verified[token] = claims
+        if len(self._verified) > MAX_VERIFIED_TOKENS:
+            self._verified.popitem(last=False)  # the one verified longest ago
+        return dict(claims)
+
+    async def _verify(self, token: str) -> Claims:
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise InvalidSessionToken("malformed", "the session token is empty or too long")
         try:
