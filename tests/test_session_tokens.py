@@ -13,6 +13,8 @@ from typing import Any
 
 import jwt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clerk_sync.clerk_api import ClerkAPIError, ClerkClient
 from clerk_sync.session_tokens import (
@@ -229,3 +231,29 @@ def test_pem_and_origin_helpers_say_what_is_wrong() -> None:
     for bad in ("app.example.com", "https://app.example.com/dashboard", "ftp://x", "https://"):
         with pytest.raises(ValueError, match="not an origin"):
             origin(bad)
+
+
+@given(
+    header=st.dictionaries(
+        st.sampled_from(["alg", "kid", "typ", "crit", "jku"]),
+        st.one_of(st.text(max_size=8), st.integers(), st.none(), st.just("RS256")),
+    ),
+    payload=st.binary(max_size=64),
+    signature=st.binary(max_size=300),
+)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_whatever_arrives_is_refused_with_a_reason_never_an_exception(
+    header: dict[str, Any], payload: bytes, signature: bytes
+) -> None:
+    token = ".".join((b64url(json.dumps(header).encode()), b64url(payload), b64url(signature)))
+    verifier = SessionTokenVerifier(PemKey(PAIR.public_pem), authorized_parties=[ORIGIN])
+    with pytest.raises(InvalidSessionToken):
+        support.run(verifier.verify(token))
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"sub": 123}, {"sid": 123}, {"sid": ""}, {"exp": "soon"}, {"nbf": "later"}, {"iat": "x"}],
+)
+def test_genuine_tokens_with_claims_of_the_wrong_type_are_refused(claims: dict[str, Any]) -> None:
+    assert refused(PAIR.token(**claims)).reason in ("malformed", "missing_claim")

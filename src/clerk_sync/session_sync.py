@@ -51,7 +51,7 @@ from clerk_sync.session_tokens import (
     SessionTokenVerifier,
 )
 from clerk_sync.single_flight import SingleFlight
-from clerk_sync.storage import EventRejected, Store, StoredUser, StoreUnavailable
+from clerk_sync.storage import EventRejected, Store, StoredUser, StoreUnavailable, open_store
 
 if TYPE_CHECKING:
     from clerk_sync.settings import Settings
@@ -138,8 +138,6 @@ class SessionSync:
     async def open(cls, settings: Settings) -> AsyncIterator[SessionSync]:
         """A SessionSync with a store of its own (DATABASE_URL, or REST mode), closed on exit:
         for apps that run their own backend (see examples/fastapi_current_user.py)."""
-        from clerk_sync.storage import open_store
-
         store = await open_store(settings)
         sync = cls.from_settings(settings, lambda: store)
         try:

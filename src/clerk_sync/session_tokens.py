@@ -27,15 +27,16 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
-
-import jwt
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from clerk_sync.clerk_api import ClerkAPIError
 from clerk_sync.single_flight import SingleFlight
+
+# PyJWT and cryptography are imported where they are first used: a serverless cold start that
+# only takes webhooks should not load them.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 log = logging.getLogger("clerk_sync.session")
 
@@ -84,6 +85,9 @@ def origin(value: str) -> str:
 
 def load_pem_key(pem: str) -> RSAPublicKey:
     """The RSA public key in a PEM (Clerk Dashboard → API Keys → JWKS Public Key)."""
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     try:
         key = load_pem_public_key(pem.encode())
     except (ValueError, TypeError):
@@ -162,6 +166,9 @@ class JwksKeys:
             await self._flight.run(None, self._load)
 
     async def _load(self) -> None:
+        import jwt
+        from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
         self.fetches += 1
         try:
             jwks = await self._fetch()
@@ -178,14 +185,6 @@ class JwksKeys:
                 keys[entry["kid"]] = jwk.key
         self._keys = keys
         self._fetched_at = self._clock()
-
-
-_CLAIM_ERRORS: tuple[tuple[type[jwt.InvalidTokenError], str, str], ...] = (
-    (jwt.ExpiredSignatureError, "expired", "the session token has expired"),
-    (jwt.ImmatureSignatureError, "not_yet_valid", "the session token is not valid yet"),
-    (jwt.InvalidSignatureError, "bad_signature", "the session token's signature does not match"),
-    (jwt.MissingRequiredClaimError, "missing_claim", "the session token lacks a required claim"),
-)
 
 
 class SessionTokenVerifier:
@@ -212,6 +211,8 @@ class SessionTokenVerifier:
         return dict(claims)
 
     async def _verify(self, token: str) -> Claims:
+        import jwt
+
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise InvalidSessionToken("malformed", "the session token is empty or too long")
         try:
@@ -232,10 +233,21 @@ class SessionTokenVerifier:
                 # is theirs to check.
                 options={"require": list(REQUIRED_CLAIMS), "verify_aud": False},
             )
-        except jwt.InvalidTokenError as exc:
-            for kind, reason, message in _CLAIM_ERRORS:
-                if isinstance(exc, kind):
-                    raise InvalidSessionToken(reason, message) from None
+        except jwt.ExpiredSignatureError:
+            raise InvalidSessionToken("expired", "the session token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidSessionToken(
+                "not_yet_valid", "the session token is not valid yet"
+            ) from None
+        except jwt.InvalidSignatureError:
+            raise InvalidSessionToken(
+                "bad_signature", "the session token's signature does not match"
+            ) from None
+        except jwt.MissingRequiredClaimError:
+            raise InvalidSessionToken(
+                "missing_claim", "the session token lacks a required claim"
+            ) from None
+        except jwt.InvalidTokenError:
             raise InvalidSessionToken("malformed", "the session token is malformed") from None
         for claim in ("sub", "sid"):
             if not isinstance(claims.get(claim), str) or not claims[claim]:
