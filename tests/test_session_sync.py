@@ -508,3 +508,34 @@ def test_the_webhook_keeps_its_fast_path_with_session_sync_on(
         assert webhook(client, secret, event) == "applied"
         assert sync(client, PAIR.token("user_fast")).status_code == 200
     assert through_stack == [SYNC_PATH]
+
+
+def test_metrics_count_answers_and_backend_api_fetches(
+    db: str, secret: tuple[str, bytes], tmp_path: Path, clerk: clerk_standin.StandIn
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (
+        value("clerk_sync_session_syncs_total", outcome="synced"),
+        value("clerk_sync_session_syncs_total", outcome="expired"),
+        value("clerk_sync_session_sync_fetches_total", result="ok"),
+        value("clerk_sync_session_sync_fetches_total", result="not_found"),
+    )
+    clerk.users = [clerk_user("user_counted")]
+    with serving(settings_for(db, secret, tmp_path, clerk)) as client:
+        sync(client, PAIR.token("user_counted"))
+        sync(client, PAIR.token("user_counted"))
+        sync(client, PAIR.token("user_absent"))
+        sync(client, PAIR.token("user_counted", exp=int(time.time()) - 60))
+        scraped = client.get("/metrics").text
+    after = (
+        value("clerk_sync_session_syncs_total", outcome="synced"),
+        value("clerk_sync_session_syncs_total", outcome="expired"),
+        value("clerk_sync_session_sync_fetches_total", result="ok"),
+        value("clerk_sync_session_sync_fetches_total", result="not_found"),
+    )
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1, 1]
+    assert 'clerk_sync_session_syncs_total{outcome="deleted"}' in scraped

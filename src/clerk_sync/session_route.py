@@ -28,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from clerk_sync import metrics
 from clerk_sync.limits import FailedVerificationLimiter
 from clerk_sync.session_sync import SessionSync, SyncUnavailable, UserGone
 from clerk_sync.session_tokens import InvalidSessionToken
@@ -62,6 +63,7 @@ class SessionSyncRoute:
         started = time.perf_counter()
         status, content, headers, outcome = await self._handle(scope)
         await send_json(send, status, content, headers)
+        metrics.SESSION_SYNCS.labels(outcome).inc()
         log.info(
             "session sync: %s (%d) in %.1f ms",
             outcome,

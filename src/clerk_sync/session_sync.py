@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from clerk_sync import metrics
 from clerk_sync.clerk_api import (
     ClerkAPIError,
     ClerkAuthError,
@@ -234,21 +235,27 @@ class SessionSync:
 
     async def _fetch_user(self, user_id: str) -> dict[str, Any]:
         try:
-            return await self._client().get_user(user_id)
+            user = await self._client().get_user(user_id)
         except ClerkNotFound:
+            metrics.SESSION_SYNC_FETCHES.labels("not_found").inc()
             self._remember_fetch(user_id)
             raise UserGone(f"Clerk has no user {user_id}") from None
         except ClerkRateLimited as exc:
+            metrics.SESSION_SYNC_FETCHES.labels("rate_limited").inc()
             log.warning("session sync: Clerk's Backend API is rate-limiting: %s", exc)
             raise SyncUnavailable(
                 "Clerk's API is rate-limited, retry later", exc.retry_after
             ) from None
         except ClerkAuthError as exc:
+            metrics.SESSION_SYNC_FETCHES.labels("error").inc()
             log.error("session sync: %s", exc)
             raise SyncUnavailable("Clerk's API refused the server's key") from None
         except ClerkAPIError as exc:
+            metrics.SESSION_SYNC_FETCHES.labels("error").inc()
             log.warning("session sync: %s", exc)
             raise SyncUnavailable("Clerk's API is unavailable, retry later") from None
+        metrics.SESSION_SYNC_FETCHES.labels("ok").inc()
+        return user
 
     async def _write(self, user_id: str, user: dict[str, Any]) -> None:
         event = {"object": "event", "type": "user.updated", "data": user}
