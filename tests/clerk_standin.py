@@ -75,6 +75,7 @@ class StandIn:
     before_page: Callable[[int], None] | None = None  # called with the offset of each page
     jwks: dict[str, Any] = field(default_factory=lambda: {"keys": []})
     user_delay: float = 0.0  # seconds GET /v1/users/{id} takes: a slow Clerk
+    user_asked: threading.Event = field(default_factory=threading.Event)  # set as one arrives
     retry_after: str = "1"  # the Retry-After of the injected 429s
     log: list[Logged] = field(default_factory=list)
     url: str = ""
@@ -100,7 +101,8 @@ class StandIn:
     ) -> tuple[int, dict[str, str], Any]:
         parts = urlsplit(target)
         query = parse_qs(parts.query)
-        if self.user_delay and parts.path.startswith("/v1/users/user_"):
+        if parts.path.startswith("/v1/users/user_"):
+            self.user_asked.set()
             time.sleep(self.user_delay)
         with self._lock:
             number = len(self.log) + 1

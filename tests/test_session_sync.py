@@ -31,7 +31,7 @@ PAIR = KeyPair("ins_sync1")
 NOW_MS = int(time.time() * 1000)
 
 
-def clerk_user(user_id: str, updated_at: int = NOW_MS - 60_000, **fields: Any) -> dict[str, Any]:
+def clerk_user(user_id: str, updated_at: int = NOW_MS - 3_600_000, **fields: Any) -> dict[str, Any]:
     """A user as GET /v1/users/{id} answers it."""
     data: dict[str, Any] = support.user_event(
         "user.created", user_id, updated_at, email=f"{user_id}@example.com", **fields
@@ -332,13 +332,13 @@ def _race(
     event: dict[str, Any],
 ) -> tuple[httpx.Response, str]:
     """A sync whose Clerk fetch is slow, and a webhook delivered while it is in flight."""
-    clerk.user_delay = 0.6
+    clerk.user_delay = 1.0
     answers: dict[str, httpx.Response] = {}
     with serving(settings) as client:
-        PAIR_TOKEN = PAIR.token(user_id)
-        thread = threading.Thread(target=lambda: answers.update(sync=sync(client, PAIR_TOKEN)))
+        token = PAIR.token(user_id)
+        thread = threading.Thread(target=lambda: answers.update(sync=sync(client, token)))
         thread.start()
-        time.sleep(0.3)
+        assert clerk.user_asked.wait(10)  # the sync is waiting for Clerk's answer
         outcome = webhook(client, secret, event)
         thread.join(10)
     return answers["sync"], outcome
