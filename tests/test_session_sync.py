@@ -539,3 +539,23 @@ def test_metrics_count_answers_and_backend_api_fetches(
     )
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1, 1]
     assert 'clerk_sync_session_syncs_total{outcome="deleted"}' in scraped
+
+
+def test_an_unforeseen_failure_is_answered_503_not_500(
+    db: str,
+    secret: tuple[str, bytes],
+    tmp_path: Path,
+    clerk: clerk_standin.StandIn,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from clerk_sync.session_sync import SessionSync
+
+    async def broken(self: SessionSync, user: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(SessionSync, "sync_user", broken)
+    with serving(settings_for(db, secret, tmp_path, clerk)) as client:
+        response = sync(client, PAIR.token("user_bug"))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json() == {"error": "unexpected error"}

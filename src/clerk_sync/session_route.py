@@ -61,7 +61,13 @@ class SessionSyncRoute:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        status, content, headers, outcome = await self._handle(scope)
+        try:
+            status, content, headers, outcome = await self._handle(scope)
+        except Exception:
+            # A failure nobody foresaw (a bug, or an HTTP client error of an unexpected kind):
+            # the contract allows 503 and nothing else, and the log keeps the traceback.
+            log.exception("session sync: unexpected failure")
+            status, content, headers, outcome = _unavailable(SyncUnavailable("unexpected error"))
         await send_json(send, status, content, headers)
         metrics.SESSION_SYNCS.labels(outcome).inc()
         log.info(
