@@ -1,23 +1,27 @@
-"""A local stand-in for Clerk's Backend API, on a real HTTP port, for the backfill tests.
+"""A local stand-in for Clerk's Backend API, on a real HTTP port, for the backfill and session
+sync tests.
 
 It follows the documented wire format (clerk.com/docs/reference/backend-api): `GET /v1/users` answers a bare JSON array of
 user objects, honours `limit` (1..500, else 422), `offset`, `order_by` (`created_at` with a `+`
 or `-` prefix; Clerk's default is newest first) and repeated `user_id` filters; `GET
-/v1/users/count` answers `{"object": "total_count", "total_count": N}`; a wrong bearer key gets
-Clerk's 401 body. Faults are injected by request number (429 with `Retry-After`, 500) or by
-offset (a hard failure), and every request is logged.
+/v1/users/count` answers `{"object": "total_count", "total_count": N}`; `GET /v1/users/{id}`
+answers the user object, or Clerk's 404 body; `GET /v1/jwks` answers the instance's JSON Web Key
+Set `{"keys": [...]}`; a wrong bearer key gets Clerk's 401 body. Faults are injected by request
+number (429 with `Retry-After`, 500) or by offset (a hard failure), and every request is logged.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests import support
 
@@ -69,6 +73,10 @@ class StandIn:
         False  # answer {"data": [...], "total_count": n} instead (not Clerk's format)
     )
     before_page: Callable[[int], None] | None = None  # called with the offset of each page
+    jwks: dict[str, Any] = field(default_factory=lambda: {"keys": []})
+    user_delay: float = 0.0  # seconds GET /v1/users/{id} takes: a slow Clerk
+    user_asked: threading.Event = field(default_factory=threading.Event)  # set as one arrives
+    retry_after: str = "1"  # the Retry-After of the injected 429s
     log: list[Logged] = field(default_factory=list)
     url: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -81,11 +89,21 @@ class StandIn:
             if r.path == "/v1/users" and r.status == 200 and "user_id" not in r.query
         ]
 
+    def user_fetches(self, user_id: str) -> int:
+        """How many times GET /v1/users/{user_id} was asked."""
+        return sum(r.path == f"/v1/users/{user_id}" for r in self.log)
+
+    def jwks_fetches(self) -> int:
+        return sum(r.path == "/v1/jwks" for r in self.log)
+
     def answer(
         self, method: str, target: str, headers: dict[str, str]
     ) -> tuple[int, dict[str, str], Any]:
         parts = urlsplit(target)
         query = parse_qs(parts.query)
+        if parts.path.startswith("/v1/users/user_"):
+            self.user_asked.set()
+            time.sleep(self.user_delay)
         with self._lock:
             number = len(self.log) + 1
             status, extra, body = self._answer(method, parts.path, query, headers, number)
@@ -113,7 +131,7 @@ class StandIn:
         if number in self.rate_limit_requests:
             return (
                 429,
-                {"Retry-After": "1"},
+                {"Retry-After": self.retry_after},
                 _errors("Too Many Requests", None, "too_many_requests"),
             )
         if number in self.error_requests:
@@ -122,6 +140,14 @@ class StandIn:
             return 405, {}, _errors("Method not allowed", None, "method_not_allowed")
         if path == "/v1/users/count":
             return 200, {}, {"object": "total_count", "total_count": len(self.users)}
+        if path == "/v1/jwks":
+            return 200, {}, self.jwks
+        if path.startswith("/v1/users/"):
+            user_id = unquote(path.removeprefix("/v1/users/"))
+            user = next((u for u in self.users if u["id"] == user_id), None)
+            if user is None:
+                return 404, {}, _errors("Resource not found", None, "resource_not_found")
+            return 200, {}, user
         if path != "/v1/users":
             return 404, {}, _errors("Resource not found", None, "resource_not_found")
         return self._list(query)
@@ -171,6 +197,12 @@ def _errors(message: str, long_message: str | None, code: str) -> dict[str, Any]
 def _handler(standin: StandIn) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            # Head and body leave in two writes: without this, Nagle's algorithm holds the body
+            # for the client's delayed ACK (~40 ms a request on keep-alive connections).
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def do_GET(self) -> None:
             self._serve("GET")

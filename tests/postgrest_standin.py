@@ -3,7 +3,8 @@ real test PostgreSQL.
 
 It speaks PostgREST's wire format for functions: `POST /rest/v1/rpc/{fn}` with the arguments as
 a JSON object by name, the result as JSON (204 for a void function), and errors as
-`{code, message, details, hint}` with PostgREST's HTTP statuses. The key is checked as Supabase
+`{code, message, details, hint}` with PostgREST's HTTP statuses; and for reading a table in
+schema public: `GET /rest/v1/{table}?select=a,b&col=eq.value`, a JSON array of rows. The key is checked as Supabase
 checks it (`apikey`, and `Authorization: Bearer` equal to it or a valid JWT), and the call runs
 as the key's role, inside a transaction, after `set local role` and `request.jwt.claims`: so
 grants and row-level security decide what each key may do, as on Supabase.
@@ -20,6 +21,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -204,7 +206,10 @@ class PostgrestStandin:
         self.connections: set[tuple[str, int]] = set()  # the clients' (host, port)
         self._pool: asyncpg.Pool | None = None
         app = Starlette(
-            routes=[Route("/rest/v1/rpc/{function}", self._rpc, methods=["POST"])],
+            routes=[
+                Route("/rest/v1/rpc/{function}", self._rpc, methods=["POST"]),
+                Route("/rest/v1/{table}", self._read_table, methods=["GET"]),
+            ],
             lifespan=self._lifespan,
         )
         config = uvicorn.Config(
@@ -259,8 +264,9 @@ class PostgrestStandin:
             return error_response(401, "PGRST301", f"role {role!r} not allowed")
         return str(role)
 
-    async def _rpc(self, request: Request) -> Response:
-        body = await request.body()
+    async def _admit(self, request: Request, body: bytes) -> str | Response:
+        """Log the request and check its key, as the gateway does; the role it acts as, or the
+        answer (a refused key, or a database that is down)."""
         self.requests.append((request.url.path, dict(request.headers), body))
         if request.client:
             self.connections.add((request.client.host, request.client.port))
@@ -271,6 +277,13 @@ class PostgrestStandin:
             await asyncio.sleep(self.delay)
         if self.down or self._pool is None:
             return error_response(503, "PGRST000", "Could not connect with the database")
+        return role
+
+    async def _rpc(self, request: Request) -> Response:
+        body = await request.body()
+        role = await self._admit(request, body)
+        if isinstance(role, Response):
+            return role
         if not request.headers.get("content-type", "").startswith("application/json"):
             return error_response(415, "PGRST107", "Content-Type not acceptable")
         try:
@@ -347,6 +360,44 @@ class PostgrestStandin:
         if match["returns_void"]:
             return Response(status_code=204)
         return Response(result or "null", 200, media_type="application/json")
+
+    async def _read_table(self, request: Request) -> Response:
+        """GET /rest/v1/{table}: `select` (column names) and `column=eq.value` filters only."""
+        role = await self._admit(request, b"")
+        if isinstance(role, Response):
+            return role
+        assert self._pool is not None
+        table = request.path_params["table"]
+        columns = request.query_params.get("select", "*").split(",")
+        filters = [(k, v) for k, v in request.query_params.multi_items() if k != "select"]
+        names = [table, *(c for c in columns if c != "*"), *(k for k, _ in filters)]
+        if not all(_IDENTIFIER.fullmatch(name) for name in names):
+            return error_response(400, "PGRST100", "unsupported query for this stand-in")
+        if not all(v.startswith("eq.") for _, v in filters):
+            return error_response(400, "PGRST100", "only eq. filters in this stand-in")
+        where = " and ".join(f'"{k}"::text = ${n}' for n, (k, _) in enumerate(filters, 1))
+        select = ", ".join("*" if c == "*" else f'"{c}"' for c in columns)
+        query = (
+            f"select coalesce(json_agg(t), '[]')::text from (select {select} "
+            f'from public."{table}"{" where " + where if where else ""}) as t'
+        )
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        claims = jwt_decode(token) or {"role": role}
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(f'set local role "{role}"')
+                await conn.execute(
+                    "select pg_catalog.set_config('request.jwt.claims', $1, true)",
+                    json.dumps(claims),
+                )
+                result = await conn.fetchval(query, *(v.removeprefix("eq.") for _, v in filters))
+        except asyncpg.PostgresError as exc:
+            sqlstate = exc.sqlstate or "XX000"
+            return error_response(error_status(sqlstate, role), sqlstate, str(exc))
+        return Response(result, 200, media_type="application/json")
+
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 def _accepts(candidate: asyncpg.Record, arguments: dict[str, Any]) -> bool:

@@ -219,3 +219,35 @@ def test_blank_is_unset_for_every_optional_setting(monkeypatch: pytest.MonkeyPat
 def test_variable_names_come_from_the_model() -> None:
     assert variables("webhook_secret") == ("CLERK_WEBHOOK_SECRET", "CLERK_WEBHOOK_SIGNING_SECRET")
     assert variables("db_timeout") == ("CLERK_SYNC_DB_TIMEOUT",)
+
+
+def test_session_sync_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.session_keys import KeyPair
+
+    pem = KeyPair("ins_settings").public_pem
+    monkeypatch.setenv("CLERK_JWT_KEY", pem.replace("\n", "\\n"))  # a one-line .env value
+    monkeypatch.setenv("CLERK_AUTHORIZED_PARTIES", "https://App.example.com/ http://localhost:3000")
+    settings = load_settings()
+    assert settings.clerk_jwt_key == pem.strip()
+    assert settings.authorized_parties == ["https://app.example.com", "http://localhost:3000"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CLERK_JWT_KEY", "sk_test_not_a_pem", "CLERK_JWT_KEY: not a PEM public key"),
+        (
+            "CLERK_AUTHORIZED_PARTIES",
+            "https://app.example.com/home",
+            "CLERK_AUTHORIZED_PARTIES: 'https://app.example.com/home' is not an origin",
+        ),
+        ("CLERK_AUTHORIZED_PARTIES", "app.example.com", "is not an origin such as https://"),
+    ],
+)
+def test_session_sync_mistakes_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_settings()
+    assert "sk_test_not_a_pem" not in str(caught.value)

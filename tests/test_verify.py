@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
-from clerk_sync.verify import VerificationError, Verifier, sign
+from clerk_sync.verify import VerificationError, Verifier, sign, verify_webhook
 
 VECTORS_PATH = Path("/work/shared/reference/svix-vectors.json")
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text())
@@ -501,3 +501,53 @@ def test_our_signatures_verify_with_standardwebhooks(
     assert reference.verify(data.encode(), headers, json_parse=False) is None
     ours = Verifier([key])
     assert ours.verify(headers, data.encode()).message_id == message_id
+
+
+# --- verify_webhook: the public function for handlers of your own --------------------------------
+
+
+def _signed(secret: bytes, body: bytes) -> dict[str, str]:
+    message_id, timestamp = "msg_" + secrets.token_hex(8), int(time.time())
+    return {
+        "Svix-Id": message_id,
+        "Svix-Timestamp": str(timestamp),
+        "Svix-Signature": sign(secret, message_id, timestamp, body),
+    }
+
+
+def test_verify_webhook_returns_the_event_of_a_genuine_delivery() -> None:
+    key = secrets.token_bytes(32)
+    secret = "whsec_" + base64.b64encode(key).decode()
+    body = b'{"type": "user.created", "data": {"id": "user_1"}}'
+    headers = _signed(key, body)  # Title-Case names, as some frameworks hand them over
+    assert verify_webhook(headers, body, secret) == {
+        "type": "user.created",
+        "data": {"id": "user_1"},
+    }
+    assert verify_webhook(headers, body.decode(), secret)["type"] == "user.created"
+
+
+def test_verify_webhook_takes_several_secrets_during_a_rotation() -> None:
+    old, new = secrets.token_bytes(32), secrets.token_bytes(32)
+    as_text = [f"whsec_{base64.b64encode(k).decode()}" for k in (old, new)]
+    body = b'{"type": "user.updated", "data": {}}'
+    assert verify_webhook(_signed(new, body), body, as_text)["type"] == "user.updated"
+    assert verify_webhook(_signed(old, body), body, " ".join(as_text))["type"] == "user.updated"
+
+
+def test_verify_webhook_refuses_what_is_not_genuine() -> None:
+    key = secrets.token_bytes(32)
+    secret = "whsec_" + base64.b64encode(key).decode()
+    body = b'{"type": "user.created", "data": {}}'
+    with pytest.raises(VerificationError) as forged:
+        verify_webhook(_signed(secrets.token_bytes(32), body), body, secret)
+    assert forged.value.status == 401
+    with pytest.raises(VerificationError) as tampered:
+        verify_webhook(_signed(key, body), body + b" ", secret)
+    assert tampered.value.status == 401
+    with pytest.raises(VerificationError) as missing:
+        verify_webhook({}, body, secret)
+    assert missing.value.status == 400
+    assert "svix-id" in missing.value.message
+    with pytest.raises(ValueError, match="whsec_"):
+        verify_webhook(_signed(key, body), body, "not-a-secret")

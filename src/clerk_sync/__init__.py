@@ -4,7 +4,7 @@ from clerk_sync.app import WEBHOOK_PATH, create_app, create_app_from_settings
 from clerk_sync.errors import ClerkSyncError, ConfigError, DatabaseUnavailable, Refused
 from clerk_sync.events import ClerkEvent, NotAClerkEvent, Outcome, parse_event
 from clerk_sync.settings import Settings, load_settings
-from clerk_sync.verify import VerificationError, VerifiedDelivery, Verifier, sign
+from clerk_sync.verify import VerificationError, VerifiedDelivery, Verifier, sign, verify_webhook
 
 __version__ = "0.1.0"
 
@@ -26,4 +26,5 @@ __all__ = [
     "load_settings",
     "parse_event",
     "sign",
+    "verify_webhook",
 ]

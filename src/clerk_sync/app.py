@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -20,10 +20,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clerk_sync import metrics
 from clerk_sync.limits import FailedVerificationLimiter
-from clerk_sync.settings import EmbeddedBackend, PostgresBackend, Settings
+from clerk_sync.settings import PostgresBackend, Settings
 from clerk_sync.storage import Store, open_store
 from clerk_sync.verify import Verifier
 from clerk_sync.webhook import RETRY_AFTER_SECONDS, WebhookReceiver, json_response, send_json
+
+if TYPE_CHECKING:
+    from clerk_sync.session_sync import SessionSync
 
 WEBHOOK_PATH = "/api/webhooks/clerk"
 
@@ -88,8 +91,10 @@ def create_app(
     max_body_bytes: int = 1024 * 1024,
     failed_verification_limit: int = 20,
     background: Sequence[Callable[[], Coroutine[object, object, None]]] = (),
+    session_sync: SessionSync | None = None,
 ) -> Starlette:
-    """The app; `background` are loops (retention, say) run for the app's lifetime."""
+    """The app; `background` are loops (retention, say) run for the app's lifetime;
+    `session_sync` adds POST /api/users/sync."""
     opened = _Opened()
     limiter = FailedVerificationLimiter(failed_verification_limit)
 
@@ -133,6 +138,15 @@ def create_app(
                     await task
             await opened.store.close()
 
+    session_routes = []
+    if session_sync is not None:  # POST /api/users/sync, on the webhooks' store and write path
+        from clerk_sync.session_route import session_sync_route
+
+        session_sync.store = lambda: opened.store
+        limiter_for_sync = FailedVerificationLimiter(failed_verification_limit)
+        session_routes.append(session_sync_route(session_sync, limiter_for_sync))
+        background = (*background, session_sync.run)  # read by the lifespan when it runs
+
     return ClerkSyncApp(
         webhook=webhook,
         routes=[
@@ -140,6 +154,7 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_route, methods=["GET"]),
+            *session_routes,
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
@@ -151,12 +166,7 @@ def create_app_from_settings(settings: Settings, dsn: str | None = None) -> Star
     (default: the backend `settings.backend` chooses, DATABASE_URL or REST mode)."""
     if not settings.signing_keys:
         raise ValueError("a signing secret is required")
-    backend = PostgresBackend(dsn) if dsn else settings.backend
-    if isinstance(backend, EmbeddedBackend):  # the CLI starts it, and passes its dsn
-        raise ValueError(
-            "no database configured: set DATABASE_URL, or SUPABASE_URL and "
-            "SUPABASE_SERVICE_ROLE_KEY"
-        )
+    backend = settings.server_backend(dsn)  # the CLI starts an embedded one, and passes its dsn
 
     background = []
     if isinstance(backend, PostgresBackend):  # REST mode cannot purge from here: see `purge`
@@ -171,10 +181,17 @@ def create_app_from_settings(settings: Settings, dsn: str | None = None) -> Star
 
         background.append(purge_expired)
 
+    session_sync = None
+    if settings.clerk_secret_key:  # POST /api/users/sync (it answers 404 without the key)
+        from clerk_sync.session_sync import SessionSync
+
+        session_sync = SessionSync.from_settings(settings)
+
     return create_app(
         verifier=Verifier(settings.signing_keys),
         open_store=lambda: open_store(settings, backend),
         max_body_bytes=settings.max_body_bytes,
         failed_verification_limit=settings.failed_verification_limit,
         background=background,
+        session_sync=session_sync,
     )

@@ -1,4 +1,5 @@
-"""A small async client for the parts of Clerk's Backend API that `backfill` reads.
+"""A small async client for the parts of Clerk's Backend API that clerk-sync reads: the user list
+(`backfill`), one user and the instance's JWKS (session sync).
 
 Why not Clerk's SDK (`clerk-backend-api`)? It parses every user into its pydantic models, and
 `backfill` needs each user as raw JSON, exactly as a webhook's `data` carries it, to feed the same
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -43,8 +46,21 @@ class ClerkAuthError(ClerkAPIError):
     """The secret key was rejected (401/403): retrying cannot help."""
 
 
+class ClerkNotFound(ClerkAPIError):
+    """404: no such resource (a user Clerk does not have, say)."""
+
+
+class ClerkRateLimited(ClerkAPIError):
+    """429 on the last attempt; `retry_after` is Clerk's Retry-After, in whole seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ClerkClient:
-    """GET /users, /users/count and /users?user_id=… with a bearer key and retries."""
+    """GET /users, /users/count, /users?user_id=…, /users/{id} and /jwks with a bearer key and
+    retries."""
 
     def __init__(
         self,
@@ -104,6 +120,20 @@ class ClerkClient:
             found.update(str(user["id"]) for user in users)
         return found
 
+    async def get_user(self, user_id: str) -> User:
+        """One user, as GET /v1/users/{id} answers it; ClerkNotFound when Clerk has none."""
+        user = await self._get_json(f"/users/{quote(user_id, safe='')}", {})
+        if not isinstance(user, dict) or user.get("id") != user_id:
+            raise ClerkAPIError(f"GET /users/{{id}} did not answer the user {user_id}")
+        return user
+
+    async def get_jwks(self) -> dict[str, Any]:
+        """The instance's JSON Web Key Set, the keys its session tokens are signed with."""
+        jwks = await self._get_json("/jwks", {})
+        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+            raise ClerkAPIError("GET /jwks did not answer a JSON Web Key Set")
+        return jwks
+
     async def _get_json(self, path: str, params: Any) -> Any:
         url = self.base_url + path
         for attempt in range(1, self._max_attempts + 1):
@@ -140,9 +170,15 @@ class ClerkClient:
                 self.retries["server_error"] += 1
                 await self._sleep(backoff(attempt))
                 continue
-            if status >= 500 or status == 429:
+            if status == 429:
+                raise ClerkRateLimited(
+                    f"{url} kept answering 429, {attempt} attempts",
+                    math.ceil(retry_after(response.headers.get("retry-after"))),
+                )
+            if status >= 500:
                 raise ClerkAPIError(f"{url} kept answering {status}, {attempt} attempts")
-            raise ClerkAPIError(f"{url} answered {status}{_clerk_message(response, ': {}')}")
+            error = ClerkNotFound if status == 404 else ClerkAPIError
+            raise error(f"{url} answered {status}{_clerk_message(response, ': {}')}")
         raise AssertionError("unreachable")
 
 

@@ -35,6 +35,7 @@ from clerk_sync.database import (
 )
 from clerk_sync.datadir import DEV_SECRET_FILE, pgdata_path
 from clerk_sync.errors import ConfigError
+from clerk_sync.session_sync_checks import check_session_sync
 from clerk_sync.settings import (
     DEFAULT_DATA_DIR,
     MIN_SIGNING_KEY_BYTES,
@@ -729,6 +730,7 @@ def run(
         )
     else:
         findings += _check_embedded(target.backend, timeout)
+    findings += check_session_sync(sources, timeout=timeout)
     if url:
         findings += asyncio.run(check_endpoint(url, timeout=max(timeout, 10.0)))
     return findings

@@ -57,6 +57,19 @@ LATENCY = Histogram(
     "Time from request to answer for verified deliveries.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
 )
+# Session sync (POST /api/users/sync).
+SESSION_SYNCS = Counter(
+    "clerk_sync_session_syncs",
+    "POST /api/users/sync answers, by outcome: synced, deleted, unavailable, rate_limited, or "
+    "why the token was refused.",
+    ["outcome"],
+)
+SESSION_SYNC_FETCHES = Counter(
+    "clerk_sync_session_sync_fetches",
+    "Users fetched from Clerk's Backend API by session sync, by result: ok, not_found, "
+    "rate_limited, error.",
+    ["result"],
+)
 
 
 def render() -> tuple[bytes, str]:

@@ -238,6 +238,39 @@ class Settings(BaseSettings):
     # For `backfill`: the Backend API secret key and where the API is (tests use a stand-in).
     clerk_secret_key: str | None = Field(default=None, validation_alias="CLERK_SECRET_KEY")
     clerk_api_url: str = Field(default=DEFAULT_CLERK_API_URL, validation_alias="CLERK_API_URL")
+    # Session sync (POST /api/users/sync): the instance's PEM public key for verifying session
+    # tokens without a network call (else its JWKS is fetched with CLERK_SECRET_KEY), and the
+    # origins allowed as a token's `azp` (comma-separated), which also get CORS headers.
+    clerk_jwt_key: str | None = Field(default=None, validation_alias="CLERK_JWT_KEY")
+    clerk_authorized_parties: str | None = Field(
+        default=None, validation_alias="CLERK_AUTHORIZED_PARTIES"
+    )
+
+    @field_validator("clerk_jwt_key")
+    @classmethod
+    def _check_clerk_jwt_key(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from clerk_sync.session_tokens import load_pem_key  # cryptography only when set
+
+        # A PEM given on one line (a .env file, a platform's variable) spells newlines as \n.
+        pem = value.replace("\\n", "\n").strip()
+        load_pem_key(pem)
+        return pem
+
+    @field_validator("clerk_authorized_parties")
+    @classmethod
+    def _check_clerk_authorized_parties(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from clerk_sync.session_tokens import origin
+
+        return ",".join(origin(part) for part in split_secrets(value))
+
+    @property
+    def authorized_parties(self) -> list[str]:
+        return self.clerk_authorized_parties.split(",") if self.clerk_authorized_parties else []
+
     # Inbox rows (the dedupe record) are purged after this many days; never under 2, since
     # dedupe must outlast Svix's ~27 h of retries. Dead letters are kept until replayed.
     retention_days: int = Field(default=30, ge=2, validation_alias="CLERK_SYNC_RETENTION_DAYS")
@@ -338,6 +371,17 @@ class Settings(BaseSettings):
         return choose_backend(
             self.database_url, self.supabase_url, self.supabase_service_role_key, self.data_dir
         )
+
+    def server_backend(self, dsn: str | None = None) -> PostgresBackend | RestBackend:
+        """Where a server in this process writes: PostgreSQL at `dsn` (an embedded server's, say)
+        or `backend`, which must not be the embedded one (only the CLI starts that)."""
+        backend = PostgresBackend(dsn) if dsn else self.backend
+        if isinstance(backend, EmbeddedBackend):
+            raise ValueError(
+                "no database configured: set DATABASE_URL, or SUPABASE_URL and "
+                "SUPABASE_SERVICE_ROLE_KEY"
+            )
+        return backend
 
     @property
     def rest_mode(self) -> bool:

@@ -20,8 +20,11 @@ from __future__ import annotations
 import base64
 import hmac
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from clerk_sync.errors import Refused
 
@@ -140,6 +143,32 @@ def _b64decode(value: str) -> bytes | None:
         return base64.b64decode(value, validate=True)
     except ValueError:  # binascii.Error is a ValueError
         return None
+
+
+def verify_webhook(
+    headers: Mapping[str, str], body: bytes | str, secret: str | Sequence[str]
+) -> Any:
+    """Verify a Clerk webhook delivery in your own handler; returns the event, parsed.
+
+    `headers` are the request's (any case: `svix-id`, `svix-timestamp`, `svix-signature`, or
+    their `webhook-*` twins), `body` the raw body exactly as received (before any JSON parsing),
+    `secret` the endpoint's signing secret `whsec_…` (several, as a list or separated by spaces
+    or commas, during a rotation). Raises VerificationError when the delivery is not genuine:
+    its `status` is 400 (headers missing or malformed) or 401 (no signature matches, or the
+    timestamp is more than 5 minutes off), its `message` says which; ValueError for a malformed
+    secret; NotAClerkEvent for a genuine body that is not JSON.
+    """
+    from clerk_sync.events import NotAClerkEvent
+    from clerk_sync.settings import decode_signing_secret, split_secrets
+
+    secrets = split_secrets(secret) if isinstance(secret, str) else list(secret)
+    verifier = Verifier([decode_signing_secret(s) for s in secrets])
+    raw = body.encode() if isinstance(body, str) else body
+    verifier.verify({name.lower(): value for name, value in headers.items()}, raw)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise NotAClerkEvent("the body is not JSON (or not UTF-8)") from None
 
 
 def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:

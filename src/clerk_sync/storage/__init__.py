@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from clerk_sync.settings import PostgresBackend, RestBackend
-from clerk_sync.storage.base import EventRejected, Store, StoreUnavailable
+from clerk_sync.storage.base import EventRejected, Store, StoredUser, StoreUnavailable
 
 if TYPE_CHECKING:
     from clerk_sync.settings import Settings
 
-__all__ = ["EventRejected", "Store", "StoreUnavailable", "open_store"]
+__all__ = ["EventRejected", "Store", "StoreUnavailable", "StoredUser", "open_store"]
 
 
 async def open_store(settings: Settings, backend: PostgresBackend | RestBackend) -> Store:

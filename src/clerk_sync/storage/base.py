@@ -6,10 +6,19 @@ connection, and take it from `clerk_sync.database`."""
 
 from __future__ import annotations
 
-from typing import Protocol
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from clerk_sync.errors import DatabaseUnavailable, Refused
 from clerk_sync.events import ClerkEvent, Outcome
+
+# The columns of public.users that the contract names, in its order: what a reader gets back.
+USER_COLUMNS = (
+    "id", "email", "email_verified", "phone", "username", "first_name", "last_name",
+    "image_url", "external_id", "public_metadata", "unsafe_metadata", "banned",
+    "created_at", "updated_at", "last_sign_in_at", "deleted_at",
+)  # fmt: skip
 
 
 class StoreUnavailable(DatabaseUnavailable):
@@ -20,6 +29,19 @@ class EventRejected(Refused):
     """The database refused the event's data: retrying cannot help."""
 
 
+@dataclass(frozen=True, slots=True)
+class StoredUser:
+    """A user's row: `row` holds USER_COLUMNS (times as aware datetimes, metadata as dicts);
+    `synced_at` is when a user event last reached the row, as far as the backend can tell."""
+
+    row: dict[str, Any]
+    synced_at: dt.datetime | None
+
+    @property
+    def deleted(self) -> bool:
+        return self.row["deleted_at"] is not None
+
+
 class Store(Protocol):
     async def apply(self, message_id: str, event: ClerkEvent) -> Outcome:
         """Apply one verified event exactly once; raise StoreUnavailable or EventRejected."""
@@ -27,6 +49,10 @@ class Store(Protocol):
 
     async def record_invalid(self, message_id: str, body: bytes, error: str) -> None:
         """Keep a verified delivery that can never be applied, for inspection."""
+        ...
+
+    async def read_user(self, user_id: str) -> StoredUser | None:
+        """The user's row in public.users, or None; raise StoreUnavailable."""
         ...
 
     async def not_ready_reason(self) -> str | None:

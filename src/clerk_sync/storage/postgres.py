@@ -13,11 +13,12 @@ import logging
 from dataclasses import dataclass
 
 import asyncpg
+import orjson
 
 from clerk_sync.database import CONNECT_ERRORS, DATABASE_ERRORS, UNREACHABLE, statement_cache_size
 from clerk_sync.events import ClerkEvent, Outcome
 from clerk_sync.migrations import current_version, latest_version
-from clerk_sync.storage.base import EventRejected, StoreUnavailable
+from clerk_sync.storage.base import USER_COLUMNS, EventRejected, StoredUser, StoreUnavailable
 from clerk_sync.storage.group_commit import GroupCommitter
 
 log = logging.getLogger("clerk_sync.storage")
@@ -30,6 +31,17 @@ from public.clerk_sync_apply_batch($1::text[], $2::text[]::jsonb[], $3)
 order by event_index
 """
 RECORD_INVALID_SQL = "select public.clerk_sync_record_invalid($1, $2, $3)"
+# One user's row, and when a user event (webhook, backfill or session sync) last reached it: the
+# newest such inbox row (the inbox is indexed by user), or the row's own version if later.
+READ_USER_SQL = f"""
+select {", ".join("u." + column for column in USER_COLUMNS)},
+       greatest(u.updated_at, (
+           select max(i.received_at) from clerk_sync.inbox as i
+           where i.user_id = u.id and i.event_type in ('user.created', 'user.updated')
+       )) as synced_at
+from public.users as u
+where u.id = $1
+"""
 
 # Group commit: one write transaction at a time per process; deliveries that arrive while it
 # runs share the next one (up to MAX_BATCH). A batch statement has a fixed cost, so fewer, larger
@@ -154,6 +166,19 @@ class PostgresStore:
             await self._fetch(self._deadline(), RECORD_INVALID_SQL, message_id, body, error)
         except asyncpg.PostgresError as exc:
             raise StoreUnavailable(f"database error: {type(exc).__name__}: {exc}") from exc
+
+    async def read_user(self, user_id: str) -> StoredUser | None:
+        try:
+            rows = await self._fetch(self._deadline(), READ_USER_SQL, user_id)
+        except (EventRejected, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"database error: {type(exc).__name__}: {exc}") from exc
+        if not rows:
+            return None
+        row = dict(rows[0])
+        synced_at = row.pop("synced_at")
+        for column in ("public_metadata", "unsafe_metadata"):
+            row[column] = orjson.loads(row[column])
+        return StoredUser(row, synced_at)
 
     async def not_ready_reason(self) -> str | None:
         try:

@@ -9,6 +9,7 @@ server, the same guarantees. Meant for serverless too: nothing to keep warm but 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,11 +19,14 @@ import orjson
 
 from clerk_sync.events import ClerkEvent, Outcome
 from clerk_sync.migrations import latest_version
-from clerk_sync.storage.base import EventRejected, StoreUnavailable
+from clerk_sync.storage.base import USER_COLUMNS, EventRejected, StoredUser, StoreUnavailable
 
 log = logging.getLogger("clerk_sync.storage")
 
 RPC_PATH = "/rest/v1/rpc/"
+TABLES_PATH = "/rest/v1/"
+_USER_SELECT = ",".join(USER_COLUMNS)
+_USER_TIMES = ("created_at", "updated_at", "last_sign_in_at", "deleted_at")
 # PostgREST's error code for "no such function in the schema cache".
 FUNCTION_NOT_FOUND = "PGRST202"
 
@@ -56,6 +60,7 @@ class RestStore:
         # is the whole call, as for direct PostgreSQL: a slow Supabase is answered 503 in time.
         self._deadline = timeout * 2 + 1
         self._host = urlsplit(url).hostname or url
+        self._tables_url = url.rstrip("/") + TABLES_PATH
         self._client = httpx.AsyncClient(
             base_url=url.rstrip("/") + RPC_PATH,
             headers={
@@ -95,6 +100,25 @@ class RestStore:
         arguments = {"p_svix_id": message_id, "p_raw_body": "\\x" + body.hex(), "p_error": error}
         await self._call("clerk_sync_record_invalid", orjson.dumps(arguments))
 
+    async def read_user(self, user_id: str) -> StoredUser | None:
+        """GET /rest/v1/users?id=eq.… as the service role. The inbox (schema clerk_sync) is not
+        exposed through the REST API, so `synced_at` is the row's own version (Clerk's
+        updated_at): a row that changed in Clerk within the last minute reached it since."""
+        params = {"select": _USER_SELECT, "id": f"eq.{user_id}"}
+        rows = await self._call("users", None, params=params)
+        if not isinstance(rows, list) or len(rows) > 1:
+            raise StoreUnavailable(f"unexpected answer from Supabase: {rows!r:.100}")
+        if not rows:
+            return None
+        row = rows[0]
+        try:
+            for column in _USER_TIMES:
+                if row[column] is not None:
+                    row[column] = dt.datetime.fromisoformat(row[column])
+        except (KeyError, TypeError, ValueError):
+            raise StoreUnavailable(f"unexpected answer from Supabase: {row!r:.100}") from None
+        return StoredUser(row, row["updated_at"])
+
     async def not_ready_reason(self) -> str | None:
         try:
             # The caller reports what is wrong (readyz, `serve` at start): no log line here.
@@ -114,11 +138,22 @@ class RestStore:
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def _call(self, function: str, body: bytes, *, log_errors: bool = True) -> Any:
-        """POST one RPC call; its JSON result (None for a void function)."""
+    async def _call(
+        self,
+        function: str,
+        body: bytes | None,
+        *,
+        params: dict[str, str] | None = None,
+        log_errors: bool = True,
+    ) -> Any:
+        """POST one RPC call; its JSON result (None for a void function). Without a body, GET
+        the table of that name (`params` filter it) instead."""
         try:
             async with asyncio.timeout(self._deadline):
-                response = await self._client.post(function, content=body)
+                if body is None:
+                    response = await self._client.get(self._tables_url + function, params=params)
+                else:
+                    response = await self._client.post(function, content=body)
         except (TimeoutError, httpx.TimeoutException):
             raise StoreUnavailable(f"Supabase ({self._host}) did not answer in time") from None
         except httpx.HTTPError as exc:
