@@ -19,7 +19,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clerk_sync import metrics
-from clerk_sync.delivery import MAX_BODY_BYTES, RETRY_AFTER_SECONDS, DeliveryHandler
+from clerk_sync.delivery import (
+    FAILED_VERIFICATION_LIMIT,
+    MAX_BODY_BYTES,
+    RETRY_AFTER_SECONDS,
+    DeliveryHandler,
+)
 from clerk_sync.limits import FailedVerificationLimiter
 from clerk_sync.settings import Settings
 from clerk_sync.storage import Store, open_store
@@ -87,7 +92,7 @@ def create_app(
     verifier: Verifier,
     open_store: Callable[[], Awaitable[Store]],
     max_body_bytes: int = MAX_BODY_BYTES,
-    failed_verification_limit: int = 20,
+    failed_verification_limit: int = FAILED_VERIFICATION_LIMIT,
     background: Sequence[Callable[[], Coroutine[object, object, None]]] = (),
 ) -> Starlette:
     """The app; `background` are loops (retention, say) run for the app's lifetime."""

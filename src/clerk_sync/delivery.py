@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("clerk_sync.webhook")
 
 MAX_BODY_BYTES = 1024 * 1024
+FAILED_VERIFICATION_LIMIT = 20  # per client and minute
 RETRY_AFTER_SECONDS = "5"
 # A client that has not sent its whole body by then is holding a connection, not delivering.
 BODY_READ_SECONDS = 10
@@ -91,7 +92,7 @@ class DeliveryHandler:
     ) -> None:
         self.verifier = verifier
         self.store = store
-        self.limiter = limiter or FailedVerificationLimiter(20)
+        self.limiter = limiter or FailedVerificationLimiter(FAILED_VERIFICATION_LIMIT)
         self.max_body_bytes = max_body_bytes  # for the caller to bound the body it reads
 
     @classmethod
@@ -110,7 +111,6 @@ class DeliveryHandler:
         headers: Mapping[str, str],
         body: bytes,
         client: str | None,
-        *,
         started: float | None = None,
     ) -> Answer:
         """Verify, parse and apply one delivery, and say what to answer.
@@ -138,7 +138,9 @@ class DeliveryHandler:
                 return self._finish(
                     started, line, *await self._dead_letter(message_id, body, error)
                 )
-            line.update(type=event.type, metric_type=event.metric_type, user_id=event.user_id)
+            # Item by item, here and in _finish: `update(**fields)` builds a dict of its own.
+            line["type"], line["metric_type"] = event.type, event.metric_type
+            line["user_id"] = event.user_id
 
             try:
                 outcome = await self.store.apply(message_id, event)
@@ -192,7 +194,7 @@ class DeliveryHandler:
         except EventRejected:
             log.error("delivery %s could not even be kept as a dead letter", message_id)
         metrics.DEAD_LETTERS.inc()
-        return 400, {"error": f"not a Clerk event: {error}"}, ABORT_RETRIES, "invalid"
+        return 400, {"error": f"not a Clerk event: {error}"}, dict(ABORT_RETRIES), "invalid"
 
     def _finish(
         self,
@@ -208,7 +210,9 @@ class DeliveryHandler:
         if line.get("type"):
             _delivery_counter(line["metric_type"], outcome).inc()
             metrics.LATENCY.observe(elapsed)
-        line.update(outcome=outcome, status=status, duration_ms=round(elapsed * 1000, 1))
+        line["outcome"], line["status"] = outcome, status
+        # round(x, 1) on a float goes through decimal digits: ~3x the cost of this.
+        line["duration_ms"] = round(elapsed * 10_000) / 10
         log.log(
             logging.WARNING if status >= 500 or outcome == "invalid" else logging.INFO,
             "delivery",

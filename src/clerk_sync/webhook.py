@@ -48,7 +48,7 @@ async def send_json(
     """Answer with a JSON body, straight through ASGI (the webhook's hot path)."""
     body = orjson.dumps(content)
     # A fresh list each time: middleware (GZip, say) may edit the headers it is given.
-    extra = tuple((headers or {}).items())
+    extra = tuple(headers.items()) if headers else ()
     start = {
         "type": "http.response.start",
         "status": status,
@@ -118,5 +118,6 @@ class WebhookReceiver:
         else:
             client = scope.get("client")
             host = client[0] if client else None
-            answer = await handler.handle(signature, body, host, started=started)
-        await send_json(send, answer.status, answer.content, answer.headers)
+            answer = await handler.handle(signature, body, host, started)
+        status, content, headers, _, _ = answer  # one unpacking, not three attribute lookups
+        await send_json(send, status, content, headers)
