@@ -3,7 +3,9 @@
     DATABASE_URL=postgresql://… CLERK_WEBHOOK_SECRET=whsec_… uvicorn examples.fastapi_app:app
 
 The receiver is a complete ASGI app (POST /api/webhooks/clerk, /healthz, /readyz, /metrics):
-mount it. Run `clerk-sync migrate` once beforehand; the receiver does not migrate.
+mount it. It reads each body within the size limit and answers through the same delivery core
+as `clerk-sync serve` (`clerk_sync.DeliveryHandler`). Run `clerk-sync migrate` once beforehand;
+the receiver does not migrate.
 """
 
 from __future__ import annotations

@@ -19,11 +19,17 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clerk_sync import metrics
+from clerk_sync.delivery import (
+    FAILED_VERIFICATION_LIMIT,
+    MAX_BODY_BYTES,
+    RETRY_AFTER_SECONDS,
+    DeliveryHandler,
+)
 from clerk_sync.limits import FailedVerificationLimiter
 from clerk_sync.settings import PostgresBackend, Settings
 from clerk_sync.storage import Store, open_store
 from clerk_sync.verify import Verifier
-from clerk_sync.webhook import RETRY_AFTER_SECONDS, WebhookReceiver, json_response, send_json
+from clerk_sync.webhook import WebhookReceiver, json_response, send_json
 
 if TYPE_CHECKING:
     from clerk_sync.session_sync import SessionSync
@@ -88,8 +94,8 @@ def create_app(
     *,
     verifier: Verifier,
     open_store: Callable[[], Awaitable[Store]],
-    max_body_bytes: int = 1024 * 1024,
-    failed_verification_limit: int = 20,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    failed_verification_limit: int = FAILED_VERIFICATION_LIMIT,
     background: Sequence[Callable[[], Coroutine[object, object, None]]] = (),
     session_sync: SessionSync | None = None,
 ) -> Starlette:
@@ -125,7 +131,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         opened.store = await open_store()
         opened.receiver = WebhookReceiver(
-            verifier, opened.store, limiter, max_body_bytes=max_body_bytes
+            DeliveryHandler(verifier, opened.store, limiter, max_body_bytes=max_body_bytes)
         )
         tasks = [asyncio.create_task(loop()) for loop in background]
         try:
