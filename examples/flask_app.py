@@ -31,7 +31,7 @@ def run(coroutine: Any) -> Any:
     return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=30)
 
 
-store = run(open_store(settings))
+store = run(open_store(settings, settings.server_backend()))
 deliveries = DeliveryHandler.from_settings(settings, store)
 
 app = Flask(__name__)
