@@ -106,7 +106,9 @@ def database(settings: Settings) -> Iterator[str]:
         fail(str(exc))
 
 
-async def _migrate(settings: Settings, dsn: str) -> tuple[list[migrations.Migration], list[str]]:
+async def _migrate(
+    settings: Settings, dsn: str
+) -> tuple[list[migrations.Migration | migrations.Repeatable], list[str]]:
     """The migrations applied, and what they said (a skipped step says so in a notice)."""
     conn = await connect(dsn, settings.prepared_statements)
     said: list[str] = []
@@ -125,6 +127,8 @@ async def _migrate(settings: Settings, dsn: str) -> tuple[list[migrations.Migrat
 def run_migrations(settings: Settings, dsn: str) -> None:
     try:
         applied, said = asyncio.run(_migrate(settings, dsn))
+    except migrations.AppliedMigrationChanged as exc:
+        fail(str(exc), 2)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         hint = getattr(exc, "hint", None)
@@ -132,7 +136,7 @@ def run_migrations(settings: Settings, dsn: str) -> None:
             reason += f". {hint}"
         fail(f"cannot migrate the database at {describe_dsn(dsn)}: {reason} (check DATABASE_URL)")
     if applied:
-        names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+        names = ", ".join(m.label for m in applied)
         typer.echo(f"clerk-sync: applied migrations {names}", err=True)
         for line in said:
             typer.echo(line, err=True)
@@ -574,7 +578,7 @@ def replay(
     )
 
     async def go(dsn: str) -> replaying.ReplaySummary:
-        conn = await _inbox_connection(settings, dsn, replaying.REPLAY_SCHEMA_VERSION)
+        conn = await _inbox_connection(settings, dsn, migrations.REPLAY_VERSION)
         try:
             if svix_id:
                 ids = list(dict.fromkeys(svix_id))
