@@ -182,6 +182,18 @@ def test_the_write_helpers_are_inlined_into_the_statements_that_use_them(db: str
     assert "ms_to_timestamptz" not in text
     assert "primary_entry" not in text
     assert "jsonb_path_query_first" in text
+    # The event checks of the write path too: batch_events and is_ms become part of the statement.
+    plan = support.fetch(
+        db,
+        """explain (verbose, costs off)
+        select b.problem, b.version, b.sign_in, b.user_id
+        from clerk_sync.batch_events(array['msg_1'], array[
+            '{"type": "user.created", "data": {"id": "user_1", "updated_at": 1}}'::jsonb]) as b""",
+    )
+    text = "\n".join(row["QUERY PLAN"] for row in plan)
+    for helper in ("batch_events", "is_ms", "ms_to_timestamptz"):
+        assert helper not in text, helper
+    assert "Function Scan on u" in text  # unnest, the only function scan
 
 
 def test_inlined_helpers_keep_their_answers(db: str) -> None:

@@ -84,6 +84,8 @@ as $$
                        else 'ignore'
                    end as kind
             from unnest(p_svix_ids, p_events) with ordinality as u(svix_id, event, n)
+            -- Each event's data and kind computed once, not again at every use below.
+            offset 0
         ) as e
     ) as k
 $$;
@@ -134,7 +136,9 @@ begin
 
     return query
     with batch as (
-        select * from clerk_sync.batch_events(p_svix_ids, p_events)
+        -- Every column but the problem (known to be none): the planner leaves it uncomputed.
+        select b.n, b.svix_id, b.event, b.type, b.kind, b.user_id, b.version, b.sign_in
+        from clerk_sync.batch_events(p_svix_ids, p_events) as b
     ),
     -- Each svix-id's first delivery in the batch, unless an earlier one was handled.
     fresh as (
