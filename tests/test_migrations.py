@@ -319,3 +319,14 @@ def test_the_write_function_is_defined_once() -> None:
         if "function public.clerk_sync_apply_batch(" in r.sql
     ]
     assert defined == ["write_path"]
+
+
+def test_the_schema_script_refuses_a_changed_migration_too(empty_db: str) -> None:
+    support.migrate_database(empty_db)
+    support.execute(
+        empty_db, "update clerk_sync.schema_migrations set checksum = 'x' where version = 3"
+    )
+    with pytest.raises(asyncpg.PostgresError) as info:
+        support.execute(empty_db, migrations.render_schema())
+    assert info.value.sqlstate == migrations.CHANGED_SQLSTATE
+    assert str(info.value).startswith("the schema migrations 0003 applied to this database differ")

@@ -58,7 +58,7 @@ create table if not exists clerk_sync.schema_repeatables (
 
 # Checked before anything is applied, with (version, checksum) of every file as $files: versions
 # applied by a release that kept no checksum get the current file's, as the baseline; then any
-# applied file whose checksum differs is refused (SQLSTATE CSMIG, message: the versions).
+# applied file whose checksum differs is refused (SQLSTATE CSMIG), by `migrate` and the script alike.
 CHECK_APPLIED_SQL = """\
 do $clerk_sync_check$
 declare
@@ -73,7 +73,9 @@ begin
     join (values {files}) as f(version, checksum) on f.version = m.version
     where m.checksum <> f.checksum;
     if v_changed is not null then
-        raise exception '%', v_changed using errcode = 'CSMIG';
+        raise exception 'the schema migrations % applied to this database differ from the files '
+            'of this clerk-sync release: a migration must never change once released (restore '
+            'the file, or add a new migration)', v_changed using errcode = 'CSMIG';
     end if;
 end
 $clerk_sync_check$;
@@ -163,14 +165,6 @@ def check_applied_sql() -> str:
     return CHECK_APPLIED_SQL.format(files=files)
 
 
-def _changed_message(versions: str) -> str:
-    return (
-        f"the schema migrations {versions} applied to this database differ from the files of "
-        "this clerk-sync release: a migration must never change once released (restore the "
-        "file, or add a new migration)"
-    )
-
-
 async def migrate(conn: Connection) -> list[Migration | Repeatable]:
     """Apply what is pending: versioned files not yet applied, then repeatable files whose
     text changed (and the lock-down, when anything was). Returns what it applied (none when
@@ -184,7 +178,7 @@ async def migrate(conn: Connection) -> list[Migration | Repeatable]:
             await conn.execute(check_applied_sql())
         except asyncpg.PostgresError as exc:
             if exc.sqlstate == CHANGED_SQLSTATE:
-                raise AppliedMigrationChanged(_changed_message(str(exc))) from None
+                raise AppliedMigrationChanged(str(exc)) from None
             raise
         done = {
             row[0] for row in await conn.fetch("select version from clerk_sync.schema_migrations")
