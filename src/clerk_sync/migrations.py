@@ -56,7 +56,7 @@ create table if not exists clerk_sync.schema_repeatables (
 );
 """
 
-# Checked before anything is applied, with (version, checksum) of every file as $files: versions
+# Checked before anything is applied, with (version, checksum) of every file in {files}: versions
 # applied by a release that kept no checksum get the current file's, as the baseline; then any
 # applied file whose checksum differs is refused (SQLSTATE CSMIG), by `migrate` and the script alike.
 CHECK_APPLIED_SQL = """\
