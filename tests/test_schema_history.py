@@ -5,6 +5,7 @@ with the `clerk-sync schema` script, applied twice."""
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from tests import support
 from tests.postgrest_standin import SUPABASE_AUTH_SQL, create_supabase_roles
 
 HISTORY = Path(__file__).parent / "fixtures" / "schema_history"
-HISTORIC_FILES = sorted(HISTORY.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+HISTORIC_FILES = sorted(HISTORY.glob("[0-9][0-9][0-9][0-9]_*.sql.gz"))
 SCHEMAS = "('public', 'clerk_sync')"
 
 # Everything `migrate` decides, read from the catalogs by name (never by oid). ACLs are sorted:
@@ -96,8 +97,10 @@ def leave_at(dsn: str, version: int) -> None:
             async with conn.transaction():
                 await conn.execute((HISTORY / "bootstrap.sql").read_text())
                 for path in HISTORIC_FILES[:version]:
-                    number, name = re.fullmatch(r"(\d+)_(\w+)\.sql", path.name).groups()  # type: ignore[union-attr]
-                    await conn.execute(path.read_text())
+                    match = re.fullmatch(r"(\d+)_(\w+)\.sql\.gz", path.name)
+                    assert match is not None
+                    number, name = match.groups()
+                    await conn.execute(gzip.decompress(path.read_bytes()).decode())
                     await conn.execute(
                         "insert into clerk_sync.schema_migrations (version, name) values ($1, $2)",
                         int(number),
