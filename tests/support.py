@@ -179,20 +179,25 @@ def server_reachable(dsn: str) -> bool:
         return False
 
 
+def migrate_database(dsn: str) -> list[str]:
+    """Run `migrate` on a database; what it applied, by label."""
+
+    async def go() -> list[str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [m.label for m in await migrations.migrate(conn)]
+        finally:
+            await conn.close()
+
+    return list(run(go()))
+
+
 def create_database(server_dsn: str, migrate: bool = True) -> str:
     name = "clerk_sync_test_" + secrets.token_hex(6)
     execute(server_dsn, f"create database {name}")
     dsn = with_database(server_dsn, name)
     if migrate:
-
-        async def go() -> None:
-            conn = await asyncpg.connect(dsn)
-            try:
-                await migrations.migrate(conn)
-            finally:
-                await conn.close()
-
-        run(go())
+        migrate_database(dsn)
     return dsn
 
 

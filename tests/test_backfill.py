@@ -238,8 +238,8 @@ def test_a_newer_webhook_wins_over_the_backfill(
     # ... and another between the backfill's look at the database and its write.
     classify = backfilling._classify
 
-    async def classify_then_webhook(conn: Any, listed: Any) -> dict[str, str]:
-        statuses = await classify(conn, listed)
+    async def classify_then_webhook(conn: Any, *page: Any) -> tuple[Any, dict[str, str]]:
+        listed, statuses = await classify(conn, *page)
         if user_b["id"] in listed:
             event = support.user_event(
                 "user.updated", user_b["id"], user_b["updated_at"] + 1, first_name="Racer"
@@ -251,7 +251,7 @@ def test_a_newer_webhook_wins_over_the_backfill(
                 )
             finally:
                 await other.close()
-        return statuses
+        return listed, statuses
 
     monkeypatch.setattr(backfilling, "_classify", classify_then_webhook)
     result = run_backfill(bdb, standin)

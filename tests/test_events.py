@@ -79,82 +79,27 @@ def test_user_event_parses(event_type: str) -> None:
     assert (event.type, event.user_id) == (event_type, "user_1")
 
 
-@pytest.mark.parametrize("event_type", ["user.created", "user.updated", "user.deleted"])
-@pytest.mark.parametrize("user_id", [None, "", 42, ["user_1"], {"id": "user_1"}, "u" * 256])
-def test_user_events_need_a_string_id(event_type: str, user_id: Any) -> None:
-    event = support.user_event(event_type, "user_1", 1_700_000_000_000)
-    event["data"]["id"] = user_id
-    assert "user id" in not_an_event(body_of(event))
+# Whether a user event's data can be applied is the write path's rule: tests/test_write_path.py.
+# Here: which user the log line names.
 
 
-@pytest.mark.parametrize("event_type", ["user.created", "user.updated"])
-def test_user_events_without_an_id_key(event_type: str) -> None:
-    event = support.user_event(event_type, "user_1", 1_700_000_000_000)
-    del event["data"]["id"]
-    not_an_event(body_of(event))
-
-
-@pytest.mark.parametrize(
-    "updated_at",
-    [None, "1700000000000", 1_700_000_000_000.0, 1.5, True, False, [1], {}, MAX_MS + 1, -1],
-)
-def test_user_events_need_an_integer_updated_at(updated_at: Any) -> None:
-    assert "updated_at" in not_an_event(body_of(user(updated_at)))
-
-
-def test_user_event_without_updated_at_key() -> None:
-    event = user()
-    del event["data"]["updated_at"]
-    not_an_event(body_of(event))
-
-
-def test_huge_integer_updated_at_is_refused() -> None:
-    # 10**30 is not a 64-bit integer: orjson reads it as a float.
-    body = body_of(user(123_456_789))
-    assert b'"updated_at": 123456789' in body
-    huge = body.replace(b'"updated_at": 123456789', b'"updated_at": 1' + b"0" * 30)
-    assert "updated_at" in not_an_event(huge)
-
-
-@pytest.mark.parametrize("updated_at", [0, 1, MAX_MS, 1_700_000_000_000])
-def test_integer_updated_at_within_range_parses(updated_at: int) -> None:
-    assert parse_event(body_of(user(updated_at))).user_id == "user_abc"
-
-
-@pytest.mark.parametrize("field", ["created_at", "last_sign_in_at"])
-@pytest.mark.parametrize("value", ["1700000000000", 1.5, True, MAX_MS + 1, -1])
-def test_malformed_optional_times_are_refused(field: str, value: Any) -> None:
-    assert field in not_an_event(body_of(user(**{field: value})))
-
-
-@pytest.mark.parametrize("field", ["created_at", "last_sign_in_at"])
-def test_null_optional_times_are_fine(field: str) -> None:
-    assert parse_event(body_of(user(**{field: None}))).user_id == "user_abc"
-
-
-@pytest.mark.parametrize("banned", ["true", 1, 0, "false", []])
-def test_banned_must_be_boolean(banned: Any) -> None:
-    assert "banned" in not_an_event(body_of(user(banned=banned)))
-
-
-@pytest.mark.parametrize("banned", [True, False, None])
-def test_boolean_or_null_banned_parses(banned: Any) -> None:
-    assert parse_event(body_of(user(banned=banned))).user_id == "user_abc"
-
-
-def test_user_deleted_needs_only_an_id() -> None:
+def test_user_deleted_names_its_user() -> None:
     event = parse_event(body_of(support.deleted_event("user_gone")))
     assert (event.type, event.user_id) == ("user.deleted", "user_gone")
 
 
-def test_legacy_user_signed_in_with_a_user_is_checked_as_a_user_event() -> None:
+def test_legacy_user_signed_in_with_a_user_names_it() -> None:
     event = support.user_event("user.signed_in", "user_1", 1_700_000_000_000)
     assert parse_event(body_of(event)).user_id == "user_1"
-    event["data"]["updated_at"] = "soon"
-    not_an_event(body_of(event))
     # without a user object it is just an unsynced type
     other = {"type": "user.signed_in", "data": {"object": "session", "id": 3}}
     assert parse_event(body_of(other)).user_id is None
+
+
+def test_a_user_id_that_is_not_a_string_is_not_named() -> None:
+    event = support.user_event("user.created", "user_1", 1_700_000_000_000)
+    event["data"]["id"] = 42
+    assert parse_event(body_of(event)).user_id is None
 
 
 # --- session.created ---------------------------------------------------------------------------
@@ -179,31 +124,6 @@ def test_session_created_user_id_from_data_user(how: str) -> None:
     else:
         del event["data"]["user_id"]
     assert parse_event(body_of(event)).user_id == "user_s2"
-
-
-@pytest.mark.parametrize("user_obj", [None, "user_s3", [], {"object": "user"}, {"id": 7}])
-def test_session_created_without_any_user_id_is_refused(user_obj: Any) -> None:
-    event = support.session_event("user_s3", 1_700_000_000_000)
-    del event["data"]["user_id"]
-    event["data"]["user"] = user_obj
-    assert "user id" in not_an_event(body_of(event))
-
-
-@pytest.mark.parametrize("user_id", [7, "", True, "u" * 256])
-def test_session_created_with_a_malformed_user_id_is_refused(user_id: Any) -> None:
-    event = support.session_event("user_s4", 1_700_000_000_000)
-    event["data"]["user_id"] = user_id
-    not_an_event(body_of(event))
-
-
-def test_session_created_needs_a_sign_in_time() -> None:
-    event = support.session_event("user_s5", 1_700_000_000_000)
-    event["data"]["created_at"] = "yesterday"
-    assert "sign-in time" in not_an_event(body_of(event))
-    event["data"]["user"] = {"id": "user_s5", "last_sign_in_at": 1_700_000_000_000}
-    assert parse_event(body_of(event)).user_id == "user_s5"
-    event["data"]["user"]["last_sign_in_at"] = "now"
-    not_an_event(body_of(event))
 
 
 # --- not Clerk events --------------------------------------------------------------------------
@@ -333,8 +253,9 @@ def check_outcome(body: bytes) -> None:
     assert isinstance(event, ClerkEvent)
     assert event.body.encode() == body
     assert isinstance(event.type, str) and event.type
-    if event.type in USER_EVENT_TYPES or event.type == "session.created":
-        assert isinstance(event.user_id, str) and event.user_id
+    # The user it names, if any, is a string; whether the event needs one (and has a valid one)
+    # is the write path's rule: tests/test_write_path.py checks it for the same shapes.
+    assert event.user_id is None or isinstance(event.user_id, str)
 
 
 @settings(max_examples=400, deadline=None)

@@ -4,13 +4,17 @@ the same thing for teams with their own tooling."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from clerk_sync import migrations
 from tests import support
+from tests.test_cli import assert_one_clear_line
+from tests.test_cli import clerk_sync as run_cli
 
 
 @pytest.fixture
@@ -20,6 +24,10 @@ def empty_db(pg_server: str) -> Iterator[str]:
         yield dsn
     finally:
         support.drop_database(pg_server, dsn)
+
+
+# What a first `migrate` applies: every versioned file and every repeatable one.
+EVERYTHING = len(migrations.migrations()) + len(migrations.repeatables())
 
 
 def versions(dsn: str) -> list[int]:
@@ -49,7 +57,7 @@ def test_migrate_is_idempotent(empty_db: str) -> None:
 
     before, first, second = support.run(go())
     assert before == 0
-    assert first == len(migrations.migrations())
+    assert first == EVERYTHING
     assert second == 0
     assert versions(empty_db) == [m.version for m in migrations.migrations()]
 
@@ -66,7 +74,7 @@ def test_replicas_migrating_at_the_same_moment(empty_db: str) -> None:
         return list(await asyncio.gather(*(one() for _ in range(6))))
 
     applied = support.run(many())
-    assert sorted(applied) == [0] * 5 + [len(migrations.migrations())]
+    assert sorted(applied) == [0] * 5 + [EVERYTHING]
     assert versions(empty_db) == [m.version for m in migrations.migrations()]
 
 
@@ -174,6 +182,18 @@ def test_the_write_helpers_are_inlined_into_the_statements_that_use_them(db: str
     assert "ms_to_timestamptz" not in text
     assert "primary_entry" not in text
     assert "jsonb_path_query_first" in text
+    # The event checks of the write path too: batch_events and is_ms become part of the statement.
+    plan = support.fetch(
+        db,
+        """explain (verbose, costs off)
+        select b.problem, b.version, b.sign_in, b.user_id
+        from clerk_sync.batch_events(array['msg_1'], array[
+            '{"type": "user.created", "data": {"id": "user_1", "updated_at": 1}}'::jsonb]) as b""",
+    )
+    text = "\n".join(row["QUERY PLAN"] for row in plan)
+    for helper in ("batch_events", "is_ms", "ms_to_timestamptz"):
+        assert helper not in text, helper
+    assert "Function Scan on u" in text  # unnest, the only function scan
 
 
 def test_inlined_helpers_keep_their_answers(db: str) -> None:
@@ -203,3 +223,110 @@ def test_payloads_stay_in_the_inbox_row(db: str) -> None:
         where attrelid = 'clerk_sync.inbox'::regclass and attname = 'payload'""",
     )
     assert rows == [{"attstorage": "m"}]
+
+
+# --- checksums of applied files ------------------------------------------------------------------
+
+
+def test_each_applied_file_is_recorded_with_its_checksum(db: str) -> None:
+    rows = support.fetch(db, "select version, checksum from clerk_sync.schema_migrations")
+    assert {r["version"]: r["checksum"] for r in rows} == {
+        m.version: m.checksum for m in migrations.migrations()
+    }
+    rows = support.fetch(db, "select name, checksum from clerk_sync.schema_repeatables")
+    assert {r["name"]: r["checksum"] for r in rows} == {
+        r.name: r.checksum for r in migrations.repeatables()
+    }
+
+
+def test_an_applied_file_that_changed_is_refused(
+    empty_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    support.migrate_database(empty_db)
+    original = migrations.migrations()
+    edited = tuple(
+        dataclasses.replace(m, sql=m.sql + "\n-- edited in place\n") if m.version == 2 else m
+        for m in original
+    )
+    monkeypatch.setattr(migrations, "migrations", lambda: edited)
+    with pytest.raises(migrations.AppliedMigrationChanged) as info:
+        support.migrate_database(empty_db)
+    message = str(info.value)
+    assert "0002" in message and "0001" not in message and "\n" not in message
+    # Refused before anything ran; the recorded checksum is still the released file's.
+    [row] = support.fetch(
+        empty_db, "select checksum from clerk_sync.schema_migrations where version = 2"
+    )
+    assert row["checksum"] == original[1].checksum
+    monkeypatch.setattr(migrations, "migrations", lambda: original)
+    assert support.migrate_database(empty_db) == []
+
+
+def test_the_cli_refuses_a_changed_migration_in_one_line(empty_db: str, tmp_path: Path) -> None:
+    support.migrate_database(empty_db)
+    support.execute(
+        empty_db, "update clerk_sync.schema_migrations set checksum = 'x' where version in (1, 4)"
+    )
+    result = run_cli(tmp_path, "migrate", DATABASE_URL=empty_db)
+    assert result.returncode == 2, result.stderr
+    line = assert_one_clear_line(result, ("0001, 0004",))
+    assert "must never change once released" in line
+
+
+def test_repeatable_files_run_again_when_their_text_changes(
+    empty_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    support.migrate_database(empty_db)
+    assert support.migrate_database(empty_db) == []
+    original = migrations.repeatables()
+    edited = tuple(
+        dataclasses.replace(
+            r,
+            sql=r.sql.replace(
+                "select coalesce(max(version), 0)", "select 0 + coalesce(max(version), 0)"
+            ),
+        )
+        if r.name == "schema_version"
+        else r
+        for r in original
+    )
+    assert edited != original
+    monkeypatch.setattr(migrations, "repeatables", lambda: edited)
+    assert support.migrate_database(empty_db) == ["schema_version (repeatable)"]
+    [row] = support.fetch(
+        empty_db, "select prosrc from pg_proc where proname = 'clerk_sync_schema_version'"
+    )
+    assert "select 0 + coalesce" in row["prosrc"]
+    assert support.migrate_database(empty_db) == []
+
+
+def test_named_schema_versions_name_their_files() -> None:
+    names = {m.version: m.name for m in migrations.migrations()}
+    assert names[migrations.INITIAL_VERSION] == "initial"
+    assert names[migrations.REPLAY_VERSION] == "replay"
+    assert names[migrations.DEFINITIONS_VERSION] == "repeatable_definitions"
+    # The lock-down runs last, after every other definition.
+    assert migrations.repeatables()[-1].name == migrations.LOCK_DOWN
+
+
+def test_the_write_function_is_defined_once() -> None:
+    """A reviewer reads the write path in one file: no versioned file repeats a definition."""
+    for m in migrations.migrations():
+        assert "create or replace function" not in m.sql.lower(), m.label
+    defined = [
+        r.name
+        for r in migrations.repeatables()
+        if "function public.clerk_sync_apply_batch(" in r.sql
+    ]
+    assert defined == ["write_path"]
+
+
+def test_the_schema_script_refuses_a_changed_migration_too(empty_db: str) -> None:
+    support.migrate_database(empty_db)
+    support.execute(
+        empty_db, "update clerk_sync.schema_migrations set checksum = 'x' where version = 3"
+    )
+    with pytest.raises(asyncpg.PostgresError) as info:
+        support.execute(empty_db, migrations.render_schema())
+    assert info.value.sqlstate == migrations.CHANGED_SQLSTATE
+    assert str(info.value).startswith("the schema migrations 0003 applied to this database differ")

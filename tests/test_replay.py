@@ -120,6 +120,44 @@ def test_a_dead_letter_that_is_still_not_an_event_stays_one(
     assert support.fetch(db, "select * from public.users") == []
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"updated_at": 9_000_000_000_000_000}, id="updated-at-past-year-9999"),
+        pytest.param({"updated_at": -1}, id="updated-at-before-1970"),
+        pytest.param({"updated_at": 1.5}, id="updated-at-not-whole"),
+        pytest.param({"created_at": 9_000_000_000_000_000}, id="created-at-past-year-9999"),
+        pytest.param({"banned": "yes"}, id="banned-not-boolean"),
+        pytest.param({"id": 42}, id="id-not-a-string"),
+    ],
+)
+def test_a_dead_letter_the_webhook_refused_stays_one_and_pins_nothing(
+    client: TestClient, secret: tuple[str, bytes], db: str, tmp_path: Path, change: dict[str, Any]
+) -> None:
+    """Seen in the field: an updated_at of 9e15 ms, refused by the webhook, was applied by
+    `replay --dead-letters` and pinned the row's version, so that every genuine update after it
+    answered stale. One rule decides, for the webhook and for replay alike."""
+    event = support.user_event("user.created", "user_pin", UPDATED_AT)
+    event["data"].update(change)
+    response = deliver(client, secret[1], support.dumps(event), "msg_pin")
+    assert response.status_code == 400
+    assert response.headers["webhook-delivery"] == "abort-message"
+    assert row(db, "msg_pin")["outcome"] == "invalid"
+
+    result = run_cli(tmp_path, "replay", "--dead-letters", DATABASE_URL=db)
+    assert result.returncode == 1, result.stderr
+    assert "invalid → invalid" in result.stdout
+    kept = row(db, "msg_pin")
+    assert kept["outcome"] == "invalid" and kept["replays"] == 1
+    assert user(db, "user_pin") is None
+
+    genuine = support.user_event("user.updated", "user_pin", UPDATED_AT + 1, first_name="Real")
+    response = deliver(client, secret[1], support.dumps(genuine), "msg_genuine")
+    assert response.json() == {"outcome": "applied"}
+    pinned = user(db, "user_pin")
+    assert pinned is not None and pinned["first_name"] == "Real"
+
+
 def test_a_dead_letter_holding_a_valid_event_replays_to_applied(db: str) -> None:
     event = support.user_event("user.created", "user_dl", UPDATED_AT, email="dl@example.com")
     add_dead_letter(db, "msg_dl", support.dumps(event), age="3 days")

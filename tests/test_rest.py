@@ -34,6 +34,7 @@ from tests import test_cli as cli
 from tests import test_examples as core_examples
 from tests import test_guarantees as core_guarantees
 from tests import test_webhook as core_webhook
+from tests import test_write_path as core_write_path
 from tests.postgrest_standin import (
     ANON_KEY,
     PUBLISHABLE_KEY,
@@ -119,7 +120,7 @@ NOT_ABOUT_STORAGE = {
     "test_the_example_set_is_every_clerk_event_type",  # files only
     "test_concurrent_deliveries_end_in_the_model_rows",  # below, with fewer seeds
 }
-for _module in (core_guarantees, core_webhook, core_examples):
+for _module in (core_guarantees, core_webhook, core_examples, core_write_path):
     for _name, _test in vars(_module).items():
         if _name.startswith("test_") and callable(_test) and _name not in NOT_ABOUT_STORAGE:
             globals()[_name] = _test

@@ -1,4 +1,4 @@
-"""The Supabase lockdown (migration 0003), proven as Supabase's roles on the real test PostgreSQL.
+"""The Supabase lockdown (sql/repeatable/90_supabase.sql), proven as Supabase's roles on the real test PostgreSQL.
 
 The test database gets Supabase's roles and `auth.jwt()` before it is migrated, as a Supabase
 project has them. Each check then runs as PostgREST runs a request: in a transaction, after

@@ -40,7 +40,6 @@ from clerk_sync import migrations
 from clerk_sync.clerk_api import PAGE_LIMIT, ClerkClient, User
 from clerk_sync.database import connection
 from clerk_sync.errors import ClerkSyncError, Refused
-from clerk_sync.events import NotAClerkEvent, parse_event
 from clerk_sync.settings import Settings
 
 IN_SYNC = 0
@@ -56,25 +55,10 @@ SAMPLE_SIZE = 5  # user ids shown per kind of change
 
 # --- SQL ------------------------------------------------------------------------------------
 
-# What a page of Clerk users would do to the database, before anything is written.
+# What a page of Clerk users would do to the database, before anything is written: the write
+# path's own prediction of its rule (sql/repeatable/20_write_path.sql), one row per event.
 CLASSIFY_SQL = """
-select x.id,
-       case
-           when t.user_id is not null or u.deleted_at is not null then 'stale'
-           when u.id is null then 'created'
-           when u.updated_at is null or u.updated_at < x.updated_at then 'updated'
-           when u.updated_at > x.updated_at then 'stale'
-           when x.last_sign_in_at > coalesce(u.last_sign_in_at, '-infinity') then 'signed_in'
-           else 'unchanged'
-       end as status
-from (
-    select id,
-           clerk_sync.ms_to_timestamptz(to_jsonb(updated_at)) as updated_at,
-           clerk_sync.ms_to_timestamptz(to_jsonb(last_sign_in_at)) as last_sign_in_at
-    from unnest($1::text[], $2::bigint[], $3::bigint[]) as x(id, updated_at, last_sign_in_at)
-) as x
-left join public.users as u on u.id = x.id
-left join clerk_sync.tombstones as t on t.user_id = x.id
+select status, problem from clerk_sync.classify_batch($1::text[], $2::jsonb[]) order by n
 """
 
 # A page's writes in one statement, through the webhooks' write path.
@@ -399,15 +383,18 @@ async def _prepare_schema(
     conn: asyncpg.Connection, options: BackfillOptions, reporter: Reporter
 ) -> None:
     if options.dry_run:
-        # Writes nothing, migrations included; the tables it reads came with version 1.
-        if await migrations.current_version(conn) < 1:
+        # Writes nothing, migrations included; what it reads is in sql/repeatable/ since 0006.
+        if await migrations.current_version(conn) < migrations.DEFINITIONS_VERSION:
             raise BackfillError(
-                "this database has no clerk-sync schema yet; run `clerk-sync migrate` first"
+                "this database has no current clerk-sync schema; run `clerk-sync migrate` first"
             )
         return
-    applied = await migrations.migrate(conn)
+    try:
+        applied = await migrations.migrate(conn)
+    except migrations.AppliedMigrationChanged as exc:
+        raise BackfillError(str(exc)) from None
     if applied:
-        names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+        names = ", ".join(m.label for m in applied)
         reporter.note(f"applied migrations {names}")
 
 
@@ -458,24 +445,19 @@ async def _list_and_write(
 
 @dataclass(frozen=True)
 class _Listed:
-    """A Clerk user, checked as a webhook's user would be, ready for the write path."""
+    """A Clerk user as the write path takes it: a user.updated event."""
 
     user_id: str
-    updated_at: int
-    last_sign_in_at: int | None
     svix_id: str
     event: str  # {"type": "user.updated", "data": <the user as Clerk sent it>} as JSON
 
 
 def _listed(user: User) -> _Listed:
-    """NotAClerkEvent when the webhook path would turn this user away too."""
     event = {"object": "event", "type": "user.updated", "data": user}
-    parsed = parse_event(orjson.dumps(event))
-    assert parsed.user_id is not None
-    updated_at, last_sign_in_at = user["updated_at"], user.get("last_sign_in_at")
+    user_id, updated_at = user.get("id"), user.get("updated_at")
     # The same user at the same version always gets the same id, so a rerun is a duplicate.
-    svix_id = f"backfill:{parsed.user_id}:{updated_at}:{last_sign_in_at or 0}"
-    return _Listed(parsed.user_id, updated_at, last_sign_in_at, svix_id, parsed.body)
+    svix_id = f"backfill:{user_id}:{updated_at}:{user.get('last_sign_in_at') or 0}"
+    return _Listed(str(user_id), svix_id, orjson.dumps(event).decode())
 
 
 async def _write_page(
@@ -488,24 +470,15 @@ async def _write_page(
 ) -> Tally:
     """Classify one page, apply what differs and record progress, in one transaction."""
     page = Tally()
-    listed: dict[str, _Listed] = {}
-    for user in users:
-        try:
-            item = _listed(user)
-        except NotAClerkEvent as exc:
-            page.errors += 1
-            reporter.note(f"cannot write user {user.get('id')!r} (offset {offset}): {exc}")
-            continue
-        listed[item.user_id] = item
-
     if options.dry_run:
-        for user_id, status in (await _classify(conn, listed)).items():
+        listed, statuses = await _classify(conn, users, offset, page, reporter)
+        for user_id, status in statuses.items():
             _count(page, _final_status(status, None), run_state.samples, user_id)
         run_state.seen.extend(listed)
         return page
 
     async with conn.transaction():
-        statuses = await _classify(conn, listed)
+        listed, statuses = await _classify(conn, users, offset, page, reporter)
         writes = [listed[user_id] for user_id, status in statuses.items() if status in _WRITE]
         outcomes = await _apply(conn, writes, options.delete_mode, reporter)
         for user_id, status in statuses.items():
@@ -534,18 +507,32 @@ async def _write_page(
 _WRITE = frozenset({"created", "updated", "signed_in"})
 
 
-async def _classify(conn: asyncpg.Connection, listed: dict[str, _Listed]) -> dict[str, str]:
-    """user id → created | updated | signed_in | unchanged | stale, against the database now."""
-    if not listed:
-        return {}
-    items = list(listed.values())
-    rows = await conn.fetch(
-        CLASSIFY_SQL,
-        [item.user_id for item in items],
-        [item.updated_at for item in items],
-        [item.last_sign_in_at for item in items],
-    )
-    return {row["id"]: row["status"] for row in rows}
+async def _classify(
+    conn: asyncpg.Connection,
+    users: Sequence[User],
+    offset: int,
+    page: Tally,
+    reporter: Reporter,
+) -> tuple[dict[str, _Listed], dict[str, str]]:
+    """The page's users that the write path takes, by id, and what writing each would do
+    (created | updated | signed_in | unchanged | stale), against the database now. A user it
+    would refuse is counted as an error and said."""
+    items = [_listed(user) for user in users]
+    if not items:
+        return {}, {}
+    rows = await conn.fetch(CLASSIFY_SQL, [i.svix_id for i in items], [i.event for i in items])
+    listed: dict[str, _Listed] = {}
+    statuses: dict[str, str] = {}
+    for user, item, row in zip(users, items, rows, strict=True):
+        if row["status"] == "invalid":
+            page.errors += 1
+            reporter.note(
+                f"cannot write user {user.get('id')!r} (offset {offset}): {row['problem']}"
+            )
+            continue
+        listed[item.user_id] = item
+        statuses[item.user_id] = row["status"]
+    return listed, statuses
 
 
 async def _apply(

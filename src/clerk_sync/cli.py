@@ -136,13 +136,15 @@ def run_migrations(settings: Settings, dsn: str) -> None:
         if str(message.message).startswith("clerk-sync: "):
             said.append(str(message.message))
 
-    async def migrate(conn: asyncpg.Connection) -> list[migrations.Migration]:
+    async def migrate(
+        conn: asyncpg.Connection,
+    ) -> list[migrations.Migration | migrations.Repeatable]:
         conn.add_log_listener(listen)
         return await migrations.migrate(conn)
 
     applied = on_database(settings, dsn, migrate, "migrate the database", then="check DATABASE_URL")
     if applied:
-        names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+        names = ", ".join(m.label for m in applied)
         typer.echo(f"clerk-sync: applied migrations {names}", err=True)
         for line in said:
             typer.echo(line, err=True)
@@ -538,9 +540,7 @@ def replay(
         return summary
 
     with direct_database(settings) as dsn:
-        summary = on_database(
-            settings, dsn, go, "replay", schema_version=replaying.REPLAY_SCHEMA_VERSION
-        )
+        summary = on_database(settings, dsn, go, "replay", schema_version=migrations.REPLAY_VERSION)
     typer.echo(summary.text())
     if summary.failed:
         raise ClerkSyncError(f"{summary.failed} events could not be applied (see the lines above)")
@@ -645,7 +645,7 @@ def purge(
             dsn,
             go,
             "purge the inbox",
-            schema_version=retention.RETENTION_SCHEMA_VERSION,
+            schema_version=migrations.REPLAY_VERSION,
         )
     kept = "" if dead_letters else "; dead letters kept (--dead-letters to purge them too)"
     typer.echo(f"purged {deleted} inbox rows older than {_describe_period(period)}{kept}")

@@ -24,9 +24,6 @@ from clerk_sync.logs import mask
 if TYPE_CHECKING:
     import asyncpg
 
-# The schema version that brought public.clerk_sync_replay.
-REPLAY_SCHEMA_VERSION = 4
-
 REPLAY_SQL = "select * from public.clerk_sync_replay($1, $2, $3)"
 
 # Events received in a time range, oldest first; events clerk-sync ignores are kept without

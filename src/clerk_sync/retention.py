@@ -23,9 +23,6 @@ from clerk_sync.errors import ConfigError
 
 log = logging.getLogger("clerk_sync.retention")
 
-# The schema version that brought public.clerk_sync_purge_inbox.
-RETENTION_SCHEMA_VERSION = 4
-
 MIN_RETENTION = dt.timedelta(days=2)
 DEFAULT_RETENTION_DAYS = 30
 BATCH = 5000

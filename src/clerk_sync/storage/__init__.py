@@ -1,5 +1,5 @@
 """Storage backends. Every backend calls the same SQL function, so the guarantees live in one
-place (`sql/migrations`); a backend only carries the call and maps its failures."""
+place (`sql/repeatable/20_write_path.sql`); a backend only carries the call and maps its failures."""
 
 from __future__ import annotations
 

@@ -1,0 +1,117 @@
+-- Replay and retention: `clerk-sync replay` re-applies events kept in clerk_sync.inbox through
+-- public.clerk_sync_apply, the webhooks' own write path (sql/repeatable/20_write_path.sql), so
+-- every guarantee holds for a replay too: an old event finds a newer row and is stale, a deleted
+-- user stays deleted, and an event the write path refuses stays a dead letter. The server purges
+-- old inbox rows in the background (public.clerk_sync_purge_inbox).
+--
+-- Repeatable: `migrate` runs this file again whenever its content changes.
+
+-- Re-apply one stored event, in one transaction: take its stored content (the payload, or the
+-- raw body of a dead letter, parsed again), remove its inbox row so that the write path does not
+-- answer 'duplicate', and apply it with the same svix-id. The new inbox row keeps the original
+-- received_at. Returns one row: the event's type and user, its outcome before and after, and why
+-- it could not be applied ('invalid', 'missing') or was not replayed.
+-- A dry run does all of that, then undoes it (a savepoint rolled back), and answers the same.
+create or replace function public.clerk_sync_replay(
+    p_svix_id text,
+    p_delete_mode text default 'soft',
+    p_dry_run boolean default false
+)
+returns table (event_type text, user_id text, old_outcome text, new_outcome text, reason text)
+language plpgsql
+volatile
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+    v_old    clerk_sync.inbox;
+    v_event  jsonb;
+begin
+    -- Two replays of the same svix-id take turns; the second one sees the first one's row.
+    perform pg_catalog.pg_advisory_xact_lock(1668049781, pg_catalog.hashtext(p_svix_id));
+
+    select * into v_old from clerk_sync.inbox as i where i.svix_id = p_svix_id for update;
+    if not found then
+        new_outcome := 'missing';
+        reason := 'no delivery with this svix-id in clerk_sync.inbox';
+        return next;
+        return;
+    end if;
+    event_type := v_old.event_type;
+    user_id := v_old.user_id;
+    old_outcome := v_old.outcome;
+    if v_old.payload is null and v_old.raw_body is null then
+        -- Event types clerk-sync ignores are recorded without their content.
+        new_outcome := v_old.outcome;
+        reason := 'not replayed: its content was not kept';
+        return next;
+        return;
+    end if;
+
+    begin
+        v_event := coalesce(v_old.payload, pg_catalog.convert_from(v_old.raw_body, 'UTF8')::jsonb);
+        delete from clerk_sync.inbox as i where i.svix_id = p_svix_id;
+        new_outcome := public.clerk_sync_apply(p_svix_id, v_event, p_delete_mode);
+        update clerk_sync.inbox as i
+        set received_at = v_old.received_at, replayed_at = now(), replays = v_old.replays + 1
+        where i.svix_id = p_svix_id
+        returning i.event_type, i.user_id into event_type, user_id;
+        if p_dry_run then
+            raise exception 'dry run: undo the replay' using errcode = 'CSDRY';
+        end if;
+    exception
+        when sqlstate 'CSDRY' then
+            null;  -- the dry run's outcome is known; everything it wrote is rolled back
+        when data_exception then
+            -- Not JSON, not UTF-8, not a Clerk event, or a value the database refuses: what
+            -- made it a dead letter still holds. It stays one, with the reason found now.
+            new_outcome := 'invalid';
+            reason := 'cannot apply: ' || sqlerrm;
+            if not p_dry_run and v_old.outcome = 'invalid' then
+                update clerk_sync.inbox as i
+                set error = reason, replays = v_old.replays + 1
+                where i.svix_id = p_svix_id;
+            end if;
+    end;
+    return next;
+end
+$$;
+
+-- Delete up to p_batch inbox rows received more than p_older_than ago, oldest first, and return
+-- how many went. Dead letters are kept unless p_dead_letters. Callers repeat it until it returns
+-- fewer than p_batch: each call is a short transaction, and rows another purge holds are
+-- skipped, so replicas purging at once neither wait on each other nor block deliveries.
+-- Dedupe must outlast Svix's retries (about 27 hours): less than 2 days is refused.
+create or replace function public.clerk_sync_purge_inbox(
+    p_older_than interval,
+    p_dead_letters boolean default false,
+    p_batch integer default 5000
+)
+returns integer
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_deleted integer;
+begin
+    if p_older_than is null or p_older_than < interval '2 days' then
+        raise exception 'inbox rows are kept at least 2 days (Svix retries a delivery for about 27 hours, and the inbox is what recognises the retry), not %', p_older_than
+            using errcode = '22023';
+    end if;
+    with doomed as (
+        select i.svix_id from clerk_sync.inbox as i
+        where i.received_at < now() - p_older_than
+          and (p_dead_letters or i.outcome <> 'invalid')
+        order by i.received_at
+        limit greatest(p_batch, 1)
+        for update skip locked
+    )
+    delete from clerk_sync.inbox as i using doomed where i.svix_id = doomed.svix_id;
+    get diagnostics v_deleted = row_count;
+    return v_deleted;
+end
+$$;
+
+revoke execute on function public.clerk_sync_replay(text, text, boolean) from public;
+revoke execute on function public.clerk_sync_purge_inbox(interval, boolean, integer) from public;
