@@ -1,6 +1,6 @@
 """Time `clerk-sync backfill` for N users from the Backend API stand-in, end to end.
 
-    .venv/bin/python bench/backfill.py [--users 10000] [--database-url DSN]
+    .venv/bin/python -m bench.backfill [--users 10000] [--database-url DSN]
 
 Serves N realistic users from the stand-in in tests/clerk_standin.py (Clerk's wire format, on a
 real HTTP port, no injected faults), creates a fresh database on DATABASE_URL's server (default
@@ -19,10 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tests import clerk_standin, support
 
-from tests import clerk_standin, support  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def timed_backfill(env: dict[str, str], cwd: str) -> tuple[float, int, str]:

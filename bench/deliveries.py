@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from tests import support
+
+from clerk_sync.testing import signed_headers
 
 Delivery = tuple[str, bytes]
 
@@ -206,7 +207,7 @@ def write_signed(path: Path, deliveries: Iterable[Delivery], key: bytes, timesta
     count = 0
     with path.open("wb") as out:
         for message_id, body in deliveries:
-            signature = support.signed_headers(key, body, message_id, timestamp)["svix-signature"]
+            signature = signed_headers(key, body, message_id, timestamp)["svix-signature"]
             out.write(f"{message_id}\t{timestamp}\t{signature}\t".encode() + body + b"\n")
             count += 1
     return count

@@ -1,7 +1,7 @@
 """clerk-sync against the handlers its users would write, side by side, in one command.
 
     python3 -m venv .venv && .venv/bin/pip install -e '.[test,bench]'
-    .venv/bin/python bench/run.py
+    .venv/bin/python -m bench.run
 
 Needs wrk (Debian: apt-get install wrk), Node.js >= 18 with npm (the Express reference's pinned
 packages are installed into bench/reference/express/node_modules on first use), and PostgreSQL:
@@ -29,9 +29,9 @@ PostgreSQL directly and in REST mode (through the tests' PostgREST stand-in), an
 markdown table and writes bench/results/latest.json and bench/results/latest.png. About five
 minutes on 2 cores.
 
-    .venv/bin/python bench/run.py --burst                      # also the 100,000-delivery burst
-    .venv/bin/python bench/run.py --no-throughput --no-cold-start --burst   # the burst alone
-    .venv/bin/python bench/run.py --targets clerk-sync,starlette --duration 30
+    .venv/bin/python -m bench.run --burst                      # also the 100,000-delivery burst
+    .venv/bin/python -m bench.run --no-throughput --no-cold-start --burst   # the burst alone
+    .venv/bin/python -m bench.run --targets clerk-sync,starlette --duration 30
 
 The burst sends 100,000 distinct user.created deliveries to clerk-sync as fast as wrk can,
 each once, and reports the time to drain them and the server's resident memory (peak, sampled
@@ -60,11 +60,12 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench import deliveries, load, report, servers
+from tests import support
 
-from bench import deliveries, load, report, servers  # noqa: E402
-from tests import support  # noqa: E402
+from clerk_sync import testing
+
+ROOT = Path(__file__).resolve().parent.parent
 
 RESULTS = ROOT / "bench" / "results"
 MB = 1024 * 1024
@@ -243,7 +244,7 @@ def first_answer(
 ) -> float:
     """Seconds from spawning the server to its 2xx answer to a signed delivery."""
     message_id, body = next(deliveries.created(1, prefix=f"cold{attempt}", seed=attempt))
-    headers = support.signed_headers(key, body, message_id, int(time.time()))
+    headers = testing.signed_headers(key, body, message_id, int(time.time()))
     started = time.perf_counter()
     server = servers.Server(target, env, scratch, log_name=f"cold-{target.name}.log")
     try:
@@ -456,10 +457,10 @@ def main() -> None:
     args = parse_args()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the finally below still cleans up
     load.require_wrk()
-    secret, key = support.make_secret()
+    secret, key = testing.make_secret()
     scratch = Path(tempfile.mkdtemp(prefix="clerk-sync-bench-"))
     databases = servers.Databases(args.database_url, scratch)
-    command = "python bench/run.py" + "".join(f" {a}" for a in sys.argv[1:])
+    command = "python -m bench.run" + "".join(f" {a}" for a in sys.argv[1:])
     try:
         results: dict[str, Any] = {
             "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

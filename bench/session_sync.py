@@ -1,7 +1,7 @@
 """Measure POST /api/users/sync: calls per second for users whose rows are fresh (no Clerk call),
 and the latency a first call adds (one fetch from the Backend API stand-in and the write).
 
-    .venv/bin/python bench/session_sync.py [--users 500] [--seconds 10] [--database-url DSN]
+    .venv/bin/python -m bench.session_sync [--users 500] [--seconds 10] [--database-url DSN]
 
 Runs `clerk-sync serve` (as a user runs it, `--log-level warning`) on a fresh database of the
 local PostgreSQL, with Clerk's Backend API played by tests/clerk_standin.py (the JWKS and the
@@ -26,13 +26,11 @@ import time
 from pathlib import Path
 
 import httpx
+from bench.load import parse, require_wrk
+from tests import clerk_standin, support
+from tests.session_keys import ORIGIN, KeyPair, jwks
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.load import parse, require_wrk  # noqa: E402
-from tests import clerk_standin, support  # noqa: E402
-from tests.session_keys import ORIGIN, KeyPair, jwks  # noqa: E402
 
 SYNC_PATH = "/api/users/sync"
 

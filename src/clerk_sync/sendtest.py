@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from clerk_sync.verify import sign
+from clerk_sync.verify import signed_headers
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 
@@ -95,18 +95,6 @@ def build_event(event_type: str, overrides: Overrides | None = None) -> dict[str
     return event
 
 
-def signed_headers(
-    key: bytes, message_id: str, body: bytes, timestamp: int | None = None
-) -> dict[str, str]:
-    ts = int(time.time()) if timestamp is None else timestamp
-    return {
-        "content-type": "application/json",
-        "svix-id": message_id,
-        "svix-timestamp": str(ts),
-        "svix-signature": sign(key, message_id, ts, body),
-    }
-
-
 def post_event(
     url: str,
     key: bytes,
@@ -115,6 +103,6 @@ def post_event(
     timeout: float = 15.0,
 ) -> httpx.Response:
     body = json.dumps(event).encode()
-    headers = signed_headers(key, message_id or new_id("msg"), body)
+    headers = signed_headers(key, body, message_id or new_id("msg"))
     # Svix does not follow redirects, and neither do we: a redirect is a misconfiguration.
     return httpx.post(url, content=body, headers=headers, timeout=timeout, follow_redirects=False)

@@ -1,0 +1,109 @@
+"""Signed Clerk deliveries for tests: of clerk-sync itself, its benchmarks, or your own app.
+
+    from clerk_sync.testing import make_secret, signed_headers, user_event, dumps
+
+    secret, key = make_secret()            # CLERK_WEBHOOK_SECRET for the server under test
+    body = dumps(user_event("user.created", "user_1", updated_at=1_700_000_000_000))
+    client.post("/api/webhooks/clerk", content=body, headers=signed_headers(key, body))
+
+The events are shaped as Clerk sends them (see `clerk-sync send-test` for Clerk's own examples).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from typing import Any
+
+from clerk_sync.verify import signed_headers
+
+__all__ = ["deleted_event", "dumps", "make_secret", "session_event", "signed_headers", "user_event"]
+
+
+def make_secret() -> tuple[str, bytes]:
+    key = secrets.token_bytes(32)
+    return "whsec_" + base64.b64encode(key).decode(), key
+
+
+def user_event(
+    event_type: str,
+    user_id: str,
+    updated_at: int,
+    *,
+    email: str | None = None,
+    first_name: str | None = "Ada",
+    last_sign_in_at: int | None = None,
+    **data: Any,
+) -> dict[str, Any]:
+    """A Clerk user.created/user.updated event, shaped as Clerk sends it."""
+    email_id = "idn_" + user_id.removeprefix("user_")
+    user = {
+        "object": "user",
+        "id": user_id,
+        "username": None,
+        "first_name": first_name,
+        "last_name": "Lovelace",
+        "image_url": "https://img.clerk.com/x",
+        "external_id": None,
+        "primary_email_address_id": email_id if email else None,
+        "primary_phone_number_id": None,
+        "email_addresses": (
+            [
+                {
+                    "object": "email_address",
+                    "id": email_id,
+                    "email_address": email,
+                    "verification": {"status": "verified", "strategy": "email_code"},
+                    "linked_to": [],
+                }
+            ]
+            if email
+            else []
+        ),
+        "phone_numbers": [],
+        "public_metadata": {},
+        "private_metadata": {"secret": "never in public.users"},
+        "unsafe_metadata": {},
+        "banned": False,
+        "created_at": 1_700_000_000_000,
+        "updated_at": updated_at,
+        "last_sign_in_at": last_sign_in_at,
+    }
+    user.update(data)
+    return {"object": "event", "type": event_type, "timestamp": updated_at, "data": user}
+
+
+def deleted_event(user_id: str) -> dict[str, Any]:
+    return {
+        "object": "event",
+        "type": "user.deleted",
+        "timestamp": 1_700_000_000_000,
+        "data": {"object": "user", "id": user_id, "deleted": True},
+    }
+
+
+def session_event(
+    user_id: str, created_at: int, last_sign_in_at: int | None = None
+) -> dict[str, Any]:
+    user = None
+    if last_sign_in_at is not None:
+        user = {"object": "user", "id": user_id, "last_sign_in_at": last_sign_in_at}
+    return {
+        "object": "event",
+        "type": "session.created",
+        "timestamp": created_at,
+        "data": {
+            "object": "session",
+            "id": "sess_" + secrets.token_hex(8),
+            "user_id": user_id,
+            "status": "active",
+            "created_at": created_at,
+            "updated_at": created_at,
+            "user": user,
+        },
+    }
+
+
+def dumps(event: dict[str, Any]) -> bytes:
+    return json.dumps(event).encode()
