@@ -32,6 +32,8 @@ RETRY_AFTER_SECONDS = "5"
 BODY_READ_SECONDS = 10
 # Tells Svix to stop retrying this one message (and nothing more: never "disable").
 ABORT_RETRIES = {"webhook-delivery": "abort-message"}
+# Answers after which the connection is closed: the client was slow, too big or hostile.
+_HANG_UP = frozenset((408, 413, 429))
 # An answer: status, JSON body, extra headers, and the outcome (for the log line and metrics).
 Answer = tuple[int, dict[str, Any], dict[str, str] | None, str]
 # The headers a delivery is verified with (Svix's names and their Standard Webhooks twins).
@@ -68,6 +70,7 @@ async def send_json(
     body = orjson.dumps(content)
     # A fresh list each time: middleware (GZip, say) may edit the headers it is given.
     extra = tuple((headers or {}).items())
+    extra += (("Connection", "close"),) if status in _HANG_UP else ()
     start = {
         "type": "http.response.start",
         "status": status,
