@@ -58,6 +58,14 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
 )
 
+HTTP_REFUSALS = Counter(
+    "clerk_sync_http_refusals",
+    "Requests and connections that `serve`'s HTTP server answered or closed itself, before the "
+    "app: header_timeout (408), header_too_large (431), too_many_connections (503), "
+    "body_budget (503), idle_evicted (closed to make room).",
+    ["reason"],
+)
+
 
 def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

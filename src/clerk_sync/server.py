@@ -20,6 +20,7 @@ import psutil
 import uvicorn
 from starlette.applications import Starlette
 
+from clerk_sync import metrics
 from clerk_sync.app import start_draining
 
 log = logging.getLogger("clerk_sync.server")
@@ -197,7 +198,7 @@ def http_protocol(given: ConnectionLimits | None = None) -> type[asyncio.Protoco
             self._body_bytes = 0
             super().connection_made(cast(asyncio.Transport, self._corked))
             if len(self.connections) > self.max_connections and not self._close_oldest_waiting():
-                self._answer_and_close(too_many_connections)
+                self._answer_and_close(too_many_connections, "too_many_connections")
                 return
             self._wait_for_head()
 
@@ -220,19 +221,21 @@ def http_protocol(given: ConnectionLimits | None = None) -> type[asyncio.Protoco
             oldest, _ = cls.waiting.popitem(last=False)
             oldest._stop_waiting()
             oldest.transport.close()
+            metrics.HTTP_REFUSALS.labels("idle_evicted").inc()
             return True
 
         def _head_timed_out(self) -> None:
             self._deadline = None
             self.waiting.pop(self, None)
             if self._in_head:
-                self._answer_and_close(timed_out)
+                self._answer_and_close(timed_out, "header_timeout")
             else:  # idle between requests: nothing to answer
                 self.transport.close()
 
-        def _answer_and_close(self, answer: bytes) -> None:
+        def _answer_and_close(self, answer: bytes, reason: str) -> None:
             if self.transport.is_closing():
                 return
+            metrics.HTTP_REFUSALS.labels(reason).inc()
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
                 # Its app (reading the body) sees a disconnect, and sends nothing more.
@@ -250,7 +253,7 @@ def http_protocol(given: ConnectionLimits | None = None) -> type[asyncio.Protoco
                 # Counted per chunk, so httptools holds at most one chunk past the limit.
                 self._head_bytes += len(data)
                 if self._head_bytes > limits.max_header_bytes:
-                    self._answer_and_close(head_too_large)
+                    self._answer_and_close(head_too_large, "header_too_large")
 
         def on_message_begin(self) -> None:
             self._in_head = True
@@ -272,7 +275,7 @@ def http_protocol(given: ConnectionLimits | None = None) -> type[asyncio.Protoco
                 while cls.body_bytes > limits.max_body_bytes_in_flight and self.reading:
                     oldest, _ = self.reading.popitem(last=False)
                     oldest._release_body()
-                    oldest._answer_and_close(too_many_bodies)
+                    oldest._answer_and_close(too_many_bodies, "body_budget")
                 if self.transport.is_closing():
                     return
             super().on_body(body)
