@@ -10,7 +10,6 @@ import contextlib
 import gc
 import logging
 import socket
-from collections import OrderedDict
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, ClassVar, cast
@@ -78,6 +77,11 @@ class _Corked:
     def close(self) -> None:
         self.flush()
         self._transport.close()
+
+    def is_closing(self) -> bool:
+        # Asked after every answer: spelled out, not found through __getattr__ (which CPython
+        # reaches only after raising and catching an AttributeError).
+        return self._transport.is_closing()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -155,7 +159,7 @@ def server_options(limits: ConnectionLimits) -> dict[str, Any]:
         )
         return {
             "http": "h11",
-            "limit_concurrency": limits.max_connections,
+            "limit_concurrency": fit_to_open_file_limit(limits),
             "timeout_keep_alive": limits.header_timeout,
             "h11_max_incomplete_event_size": limits.max_header_bytes,
         }
@@ -165,8 +169,10 @@ def http_protocol(given: ConnectionLimits | None = None) -> type[asyncio.Protoco
     """uvicorn's httptools protocol with corked writes and the `given` limits (ImportError without
     httptools, which is installed on CPython only).
 
-    What it costs a request is O(1) and small: one timer per request (as uvicorn's own
-    keep-alive timer, which it replaces), a few counters, and two ordered-dict entries."""
+    What it costs a request is O(1) and small, less than uvicorn's keep-alive timer that it
+    replaces: a timestamp in a dict, and a few comparisons per read (counting a body starts
+    only when it spans more than one read). One sweep a fraction of a second enforces the
+    header deadline for every connection."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     limits = given or ConnectionLimits()
@@ -182,35 +188,63 @@ def http_protocol(given: ConnectionLimits | None = None) -> type[asyncio.Protoco
         b"503 Service Unavailable", "too many request bodies arriving at once, retry later", b"5"
     )
 
+    # How often the header deadline is checked: a connection is closed between
+    # `header_timeout` and `header_timeout + sweep` after it began to wait.
+    sweep = max(0.05, min(0.5, limits.header_timeout / 5))
+
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        # Shared by every connection of the server (one event loop: no locks). Oldest first:
-        # connections waiting for a request's headers, and requests whose body is arriving.
+        # Shared by every connection of the server (one event loop: no locks), oldest first:
+        # connections waiting for a request's headers (with since when), and requests whose
+        # body is arriving in more than one read.
         max_connections = fit_to_open_file_limit(limits)
-        waiting: ClassVar[OrderedDict[GuardedHttpToolsProtocol, None]] = OrderedDict()
-        reading: ClassVar[OrderedDict[GuardedHttpToolsProtocol, None]] = OrderedDict()
+        waiting: ClassVar[dict[GuardedHttpToolsProtocol, float]] = {}
+        reading: ClassVar[dict[GuardedHttpToolsProtocol, None]] = {}
         body_bytes = 0
+        sweeping_on: ClassVar[asyncio.AbstractEventLoop | None] = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             self._corked = _Corked(transport)
-            self._deadline: asyncio.TimerHandle | None = None
-            self._in_head = False
+            self._waiting = False
             self._head_bytes = 0
             self._body_bytes = 0
-            super().connection_made(cast(asyncio.Transport, self._corked))
+            HttpToolsProtocol.connection_made(self, cast(asyncio.Transport, self._corked))
             if len(self.connections) > self.max_connections and not self._close_oldest_waiting():
                 self._answer_and_close(too_many_connections, "too_many_connections")
                 return
             self._wait_for_head()
 
         def _wait_for_head(self) -> None:
-            self._deadline = self.loop.call_later(limits.header_timeout, self._head_timed_out)
-            self.waiting[self] = None
+            # A timestamp, not a timer per request: one sweep serves every connection.
+            self.waiting[self] = self.loop.time()
+            self._waiting = True
+            if GuardedHttpToolsProtocol.sweeping_on is not self.loop:
+                GuardedHttpToolsProtocol.sweeping_on = self.loop
+                self.loop.call_later(sweep, GuardedHttpToolsProtocol._sweep, self.loop)
 
         def _stop_waiting(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-                self.waiting.pop(self, None)
+            if self._waiting:
+                self._waiting = False
+                del self.waiting[self]
+
+        @classmethod
+        def _sweep(cls, loop: asyncio.AbstractEventLoop) -> None:
+            """Close the connections whose headers are overdue; again in `sweep` seconds while
+            any connection waits."""
+            if cls.sweeping_on is not loop:
+                return
+            cutoff = loop.time() - limits.header_timeout
+            overdue = []
+            for connection, since in cls.waiting.items():  # in the order they began to wait
+                if since > cutoff:
+                    break
+                overdue.append(connection)
+            for connection in overdue:
+                connection._stop_waiting()
+                connection._head_timed_out()
+            if cls.waiting:
+                loop.call_later(sweep, cls._sweep, loop)
+            else:
+                cls.sweeping_on = None
 
         @classmethod
         def _close_oldest_waiting(cls) -> bool:
@@ -218,16 +252,14 @@ def http_protocol(given: ConnectionLimits | None = None) -> type[asyncio.Protoco
             genuine client sends its own within milliseconds of connecting."""
             if not cls.waiting:
                 return False
-            oldest, _ = cls.waiting.popitem(last=False)
+            oldest = next(iter(cls.waiting))
             oldest._stop_waiting()
             oldest.transport.close()
             metrics.HTTP_REFUSALS.labels("idle_evicted").inc()
             return True
 
         def _head_timed_out(self) -> None:
-            self._deadline = None
-            self.waiting.pop(self, None)
-            if self._in_head:
+            if self._head_bytes:  # part of a request came
                 self._answer_and_close(timed_out, "header_timeout")
             else:  # idle between requests: nothing to answer
                 self.transport.close()
@@ -248,47 +280,42 @@ def http_protocol(given: ConnectionLimits | None = None) -> type[asyncio.Protoco
             self.transport.close()
 
         def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if self._in_head:
-                # Counted per chunk, so httptools holds at most one chunk past the limit.
+            # Counted per read after parsing it, so httptools holds at most one read past a
+            # limit; a request that arrives whole in one read (a delivery) counts nothing.
+            before = self.cycle
+            HttpToolsProtocol.data_received(self, data)
+            cycle = self.cycle
+            if cycle is not before:  # a request's headers ended in this read
+                if self._waiting:  # _stop_waiting(), inline: this runs for every request
+                    self._waiting = False
+                    del self.waiting[self]
+                self._head_bytes = 0
+            receiving_body = cycle is not None and cycle.more_body
+            if receiving_body:
+                self._count_body(len(data))
+            elif self._body_bytes:  # the body ended in this read
+                self._release_body()
+            if self._waiting and not receiving_body:
                 self._head_bytes += len(data)
                 if self._head_bytes > limits.max_header_bytes:
                     self._answer_and_close(head_too_large, "header_too_large")
 
-        def on_message_begin(self) -> None:
-            self._in_head = True
-            super().on_message_begin()
-
-        def on_headers_complete(self) -> None:
-            self._in_head = False
-            self._head_bytes = 0
-            self._stop_waiting()
-            super().on_headers_complete()
-
-        def on_body(self, body: bytes) -> None:
+        def _count_body(self, size: int) -> None:
             cls = type(self)
             if not self._body_bytes:
                 self.reading[self] = None
-            self._body_bytes += len(body)
-            cls.body_bytes += len(body)
-            if cls.body_bytes > limits.max_body_bytes_in_flight:
-                while cls.body_bytes > limits.max_body_bytes_in_flight and self.reading:
-                    oldest, _ = self.reading.popitem(last=False)
-                    oldest._release_body()
-                    oldest._answer_and_close(too_many_bodies, "body_budget")
-                if self.transport.is_closing():
-                    return
-            super().on_body(body)
+            self._body_bytes += size
+            cls.body_bytes += size
+            while cls.body_bytes > limits.max_body_bytes_in_flight and self.reading:
+                oldest = next(iter(self.reading))
+                oldest._release_body()
+                oldest._answer_and_close(too_many_bodies, "body_budget")
 
         def _release_body(self) -> None:
             if self._body_bytes:
                 type(self).body_bytes -= self._body_bytes
                 self._body_bytes = 0
-                self.reading.pop(self, None)
-
-        def on_message_complete(self) -> None:
-            self._release_body()
-            super().on_message_complete()
+                del self.reading[self]
 
         def on_response_complete(self) -> None:
             # uvicorn's, with the header deadline in place of its keep-alive timer (which any
@@ -312,6 +339,6 @@ def http_protocol(given: ConnectionLimits | None = None) -> type[asyncio.Protoco
             self._corked.lost = True
             self._stop_waiting()
             self._release_body()
-            super().connection_lost(exc)
+            HttpToolsProtocol.connection_lost(self, exc)
 
     return GuardedHttpToolsProtocol
