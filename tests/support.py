@@ -160,6 +160,16 @@ class ThrowawayPostgres:
         self.server.cleanup()
 
 
+def not_ready_logged(caplog: Any) -> str:
+    """What /readyz's probe logged as the reason it is not ready (the answer only says "not
+    ready")."""
+    return "\n".join(
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "clerk_sync.readiness" and r.getMessage().startswith("not ready: ")
+    )
+
+
 # --- servers ----------------------------------------------------------------------------------
 
 

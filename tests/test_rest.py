@@ -26,6 +26,7 @@ from starlette.testclient import TestClient
 
 from clerk_sync.app import WEBHOOK_PATH, create_app_from_settings
 from clerk_sync.events import ClerkEvent, Outcome, parse_event
+from clerk_sync.readiness import PROBE_EVERY_SECONDS
 from clerk_sync.settings import Settings
 from clerk_sync.storage import EventRejected, StoreUnavailable
 from clerk_sync.storage.rest import RestStore
@@ -270,7 +271,8 @@ def test_a_wrong_key_answers_503_and_says_so_once(
             assert response.headers["retry-after"]
         ready = client.get("/readyz")
     assert ready.status_code == 503
-    assert "SUPABASE_SERVICE_ROLE_KEY" in ready.json()["error"]
+    assert ready.json() == {"error": "not ready"}
+    assert "SUPABASE_SERVICE_ROLE_KEY" in support.not_ready_logged(caplog)
     [logged] = configuration_errors(caplog)  # once, however many deliveries fail
     assert "HTTP 401" in logged
     assert "service_role" in logged and "anon or publishable" in logged
@@ -319,13 +321,14 @@ def test_no_schema_answers_503_and_says_how_to_create_it(
         assert response.status_code == 503, response.text
         ready = client.get("/readyz")
     assert ready.status_code == 503
-    for said in (ready.json()["error"], *configuration_errors(caplog)):
+    assert ready.json() == {"error": "not ready"}
+    for said in (support.not_ready_logged(caplog), *configuration_errors(caplog)):
         assert "clerk-sync schema" in said and "supabase db push" in said, said
     assert "clerk_sync_apply is not in this Supabase database" in caplog.text
 
 
 def test_readyz_in_rest_mode_checks_the_schema_version(
-    client: TestClient, db: str, postgrest: PostgrestStandin
+    client: TestClient, db: str, postgrest: PostgrestStandin, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert client.get("/readyz").json() == {"status": "ready"}
     [(path, _, _)] = postgrest.requests
@@ -333,9 +336,13 @@ def test_readyz_in_rest_mode_checks_the_schema_version(
     latest = support.fetch(db, "select max(version) as v from clerk_sync.schema_migrations")[0]["v"]
     support.execute(db, f"delete from clerk_sync.schema_migrations where version = {latest}")
     try:
+        time.sleep(PROBE_EVERY_SECONDS)  # the last probe's answer is kept that long
         response = client.get("/readyz")
         assert response.status_code == 503
-        assert f"schema at version {latest - 1}, expected {latest}" in response.json()["error"]
+        assert response.json() == {"error": "not ready"}
+        assert f"schema at version {latest - 1}, expected {latest}" in support.not_ready_logged(
+            caplog
+        )
     finally:
         support.execute(
             db,
@@ -366,7 +373,11 @@ def test_a_slow_supabase_answers_503_in_time(
 
 
 def test_supabase_down_or_unreachable_answers_503_then_the_retry_applies(
-    db: str, postgrest: PostgrestStandin, secret: tuple[str, bytes], tmp_path: Path
+    db: str,
+    postgrest: PostgrestStandin,
+    secret: tuple[str, bytes],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     event = support.user_event("user.created", "user_down", 1_700_000_000_000)
     nowhere = f"http://127.0.0.1:{support.free_port()}"
@@ -374,7 +385,8 @@ def test_supabase_down_or_unreachable_answers_503_then_the_retry_applies(
         create_app_from_settings(rest_settings(nowhere, SECRET_KEY, secret[0], tmp_path))
     ) as client:
         assert deliver(client, secret[1], event, "msg_down").status_code == 503
-        assert "cannot reach Supabase" in client.get("/readyz").json()["error"]
+        assert client.get("/readyz").json() == {"error": "not ready"}
+        assert "cannot reach Supabase" in support.not_ready_logged(caplog)
     settings = rest_settings(postgrest.url, SECRET_KEY, secret[0], tmp_path)
     with TestClient(create_app_from_settings(settings)) as client:
         postgrest.down = True

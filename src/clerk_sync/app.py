@@ -26,6 +26,7 @@ from clerk_sync.delivery import (
     DeliveryHandler,
 )
 from clerk_sync.limits import FailedVerificationLimiter
+from clerk_sync.readiness import Readiness
 from clerk_sync.settings import PostgresBackend, Settings
 from clerk_sync.storage import Store, open_store
 from clerk_sync.verify import Verifier
@@ -42,6 +43,7 @@ class _Opened:
 
     store: Store | None = None
     receiver: WebhookReceiver | None = None
+    readiness: Readiness | None = None
 
 
 class _Webhook:
@@ -112,11 +114,10 @@ def create_app(
     async def readyz(request: Request) -> Response:
         if getattr(request.app.state, "draining", False):
             return json_response(503, {"error": "shutting down"})
-        if opened.store is None:
+        if opened.readiness is None:
             return json_response(503, {"error": "starting"})
-        reason = await opened.store.not_ready_reason()
-        if reason:
-            return json_response(503, {"error": reason})
+        if await opened.readiness.not_ready_reason():  # logged there, never answered
+            return json_response(503, {"error": "not ready"})
         return json_response(200, {"status": "ready"})
 
     async def metrics_route(request: Request) -> Response:
@@ -130,6 +131,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         opened.store = await open_store()
+        opened.readiness = Readiness(opened.store.not_ready_reason)
         opened.receiver = WebhookReceiver(
             DeliveryHandler(verifier, opened.store, limiter, max_body_bytes=max_body_bytes)
         )

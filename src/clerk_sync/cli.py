@@ -197,7 +197,7 @@ def run_server(
     import uvicorn
 
     from clerk_sync.app import create_app_from_settings
-    from clerk_sync.server import Server, http_protocol
+    from clerk_sync.server import ConnectionLimits, Server, server_options
 
     base = f"http://{settings.host}:{settings.port}"
     typer.echo(
@@ -215,7 +215,15 @@ def run_server(
         log_level=log_level.lower(),
         access_log=False,
         server_header=False,
-        http=http_protocol(),
+        **server_options(
+            ConnectionLimits(
+                max_connections=settings.max_connections,
+                header_timeout=settings.header_timeout,
+                max_header_bytes=settings.max_header_bytes,
+                max_body_bytes_in_flight=settings.max_body_bytes_in_flight,
+                other_fds=settings.pool_size + 64,
+            )
+        ),
         forwarded_allow_ips=forwarded_allow_ips,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )

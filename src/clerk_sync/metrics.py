@@ -71,6 +71,14 @@ SESSION_SYNC_FETCHES = Counter(
     ["result"],
 )
 
+HTTP_REFUSALS = Counter(
+    "clerk_sync_http_refusals",
+    "Requests and connections that `serve`'s HTTP server answered or closed itself, before the "
+    "app: header_timeout (408), header_too_large (431), too_many_connections (503), "
+    "body_budget (503), idle_evicted (closed to make room).",
+    ["reason"],
+)
+
 
 def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -274,6 +274,17 @@ class Settings(BaseSettings):
     # Inbox rows (the dedupe record) are purged after this many days; never under 2, since
     # dedupe must outlast Svix's ~27 h of retries. Dead letters are kept until replayed.
     retention_days: int = Field(default=30, ge=2, validation_alias="CLERK_SYNC_RETENTION_DAYS")
+    # `serve`'s own limits on what clients hold before a request reaches the app (server.py).
+    max_connections: int = Field(default=2048, ge=16, validation_alias="CLERK_SYNC_MAX_CONNECTIONS")
+    header_timeout: float = Field(
+        default=5.0, gt=0, le=60, validation_alias="CLERK_SYNC_HEADER_TIMEOUT"
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, le=1024 * 1024, validation_alias="CLERK_SYNC_MAX_HEADER_BYTES"
+    )
+    max_body_bytes_in_flight: int = Field(
+        default=16 * 1024 * 1024, ge=1024, validation_alias="CLERK_SYNC_MAX_BODY_BYTES_IN_FLIGHT"
+    )
 
     @field_validator(
         "webhook_secret",

@@ -15,6 +15,8 @@ from starlette.types import Receive, Scope, Send
 
 from clerk_sync.delivery import BODY_READ_SECONDS, DeliveryHandler
 
+# Answers after which the connection is closed: the client was slow, too big or hostile.
+_HANG_UP = frozenset((408, 413, 429))
 # The headers a delivery is verified with (Svix's names and their Standard Webhooks twins).
 _SIGNATURE_HEADERS = frozenset(
     f"{family}-{name}".encode()
@@ -49,6 +51,8 @@ async def send_json(
     body = orjson.dumps(content)
     # A fresh list each time: middleware (GZip, say) may edit the headers it is given.
     extra = tuple(headers.items()) if headers else ()
+    if status in _HANG_UP:
+        extra += (("Connection", "close"),)
     start = {
         "type": "http.response.start",
         "status": status,
