@@ -3,10 +3,16 @@
 Which server: CLERK_SYNC_TEST_EMBEDDED=1 forces an embedded one; CLERK_SYNC_TEST_DATABASE_URL
 names one; otherwise the shared server at 127.0.0.1:5432 when it answers, else an embedded one.
 CI runs the suite both ways.
+
+Every test is also marked with what it needs, so a reader (and `pytest -m`) can tell them apart:
+`unit` needs no database, `database` uses one of the fixtures below, `servers` starts processes
+or database servers of its own (tests/faults/, the `slow` ones, and any test that starts a
+`clerk-sync serve`, a throwaway PostgreSQL or PgBouncer). `pytest -m unit` runs in seconds.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +23,38 @@ from starlette.testclient import TestClient
 from clerk_sync.app import create_app_from_settings
 from clerk_sync.settings import Settings
 from tests import support
+
+DATABASE_FIXTURES = frozenset({"pg_server", "database_url", "db"})
+# What a test calls to start a server of its own (see tests/support.py and tests/faults/).
+_STARTS_SERVERS = (
+    "running_server(",
+    "ServerProcess(",
+    "ThrowawayPostgres(",
+    "fleet(",
+    "start_server(",
+    "pgbouncer",
+)
+
+
+def _starts_servers(item: pytest.Item) -> bool:
+    if item.get_closest_marker("slow") or "faults" in item.path.parts:
+        return True
+    function = getattr(item, "function", None)
+    try:
+        source = inspect.getsource(function) if function else ""
+    except (OSError, TypeError):
+        return False
+    return any(call in source for call in _STARTS_SERVERS)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _starts_servers(item):
+            item.add_marker(pytest.mark.servers)
+        elif DATABASE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.database)
+        else:
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(scope="session")
