@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
-from bench.load import parse, require_wrk
+from bench.load import REPORT, parse, require_wrk
 from tests import clerk_standin, support
 from tests.session_keys import ORIGIN, KeyPair, jwks
 
@@ -35,31 +35,24 @@ ROOT = Path(__file__).resolve().parent.parent
 SYNC_PATH = "/api/users/sync"
 
 # Each wrk thread reads the tokens in init(); request() cycles through them.
-WRK_SCRIPT = r"""
+WRK_SCRIPT = (
+    r"""
 local requests, count = {}, 0
-non2xx = 0
 function init(args)
   for token in io.lines(args[1]) do
     count = count + 1
     requests[count] = wrk.format("POST", args[2], {["Authorization"] = "Bearer " .. token})
   end
 end
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
+"""
+    + REPORT
+    + r"""
 local i = 0
 function request() i = i % count + 1; return requests[i] end
 function response(status) if status ~= 200 then non2xx = non2xx + 1 end end
-function done(summary, latency, requests)
-  local bad = 0
-  for _, thread in ipairs(threads) do bad = bad + thread:get("non2xx") end
-  local e = summary.errors
-  io.write(string.format(
-    "WRK requests=%d seconds=%.6f p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f max_ms=%.3f non2xx=%d socket_errors=%d\n",
-    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000,
-    latency:percentile(90) / 1000, latency:percentile(99) / 1000, latency.max / 1000, bad,
-    e.connect + e.read + e.write + e.timeout))
-end
+function done(summary, latency, requests) report(summary, latency) end
 """
+)
 
 
 def percentile(values: list[float], share: float) -> float:
