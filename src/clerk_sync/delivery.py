@@ -136,7 +136,11 @@ class DeliveryHandler:
             except NotAClerkEvent as exc:
                 line["error"] = error = str(exc)
                 return self._finish(
-                    started, line, *await self._dead_letter(message_id, body, error)
+                    started,
+                    line,
+                    *await self._dead_letter(
+                        message_id, body, error, f"not a Clerk event: {error}"
+                    ),
                 )
             # Item by item, here and in _finish: `update(**fields)` builds a dict of its own.
             line["type"], line["metric_type"] = event.type, event.metric_type
@@ -149,9 +153,11 @@ class DeliveryHandler:
                 line["error"] = str(exc)
                 return self._finish(started, line, *_unavailable())
             except EventRejected as exc:
+                # A constraint or trigger of the app's: kept until the cause is fixed and the
+                # event replayed. The description names the constraint, never the row's values.
                 line["error"] = error = f"the database refused it: {exc}"
                 return self._finish(
-                    started, line, *await self._dead_letter(message_id, body, error)
+                    started, line, *await self._dead_letter(message_id, body, error, error)
                 )
             if outcome is Outcome.APPLIED:
                 metrics.LIVE.last_applied = time.time()
@@ -183,8 +189,11 @@ class DeliveryHandler:
             return 429, {"error": error}, {"Retry-After": "60"}, "rate_limited"
         return exc.status, {"error": exc.message}, None, exc.reason
 
-    async def _dead_letter(self, message_id: str, body: bytes, error: str) -> _Decision:
-        """A genuine delivery that can never apply: keep it, and tell Svix to stop retrying."""
+    async def _dead_letter(
+        self, message_id: str, body: bytes, error: str, answer: str
+    ) -> _Decision:
+        """A genuine delivery that can never apply: keep it (with `error`), and tell Svix to
+        stop retrying (with `answer`)."""
         try:
             await self.store.record_invalid(message_id, body, error)
         except StoreUnavailable:
@@ -194,7 +203,7 @@ class DeliveryHandler:
         except EventRejected:
             log.error("delivery %s could not even be kept as a dead letter", message_id)
         metrics.DEAD_LETTERS.inc()
-        return 400, {"error": f"not a Clerk event: {error}"}, dict(ABORT_RETRIES), "invalid"
+        return 400, {"error": answer}, dict(ABORT_RETRIES), "invalid"
 
     def _finish(
         self,

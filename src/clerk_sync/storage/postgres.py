@@ -15,7 +15,14 @@ from dataclasses import dataclass
 import asyncpg
 import orjson
 
-from clerk_sync.database import CONNECT_ERRORS, DATABASE_ERRORS, UNREACHABLE, statement_cache_size
+from clerk_sync.database import (
+    CONNECT_ERRORS,
+    DATABASE_ERRORS,
+    UNREACHABLE,
+    describe_error,
+    refuses,
+    statement_cache_size,
+)
 from clerk_sync.events import ClerkEvent, Outcome
 from clerk_sync.migrations import current_version, latest_version
 from clerk_sync.storage.base import USER_COLUMNS, EventRejected, StoredUser, StoreUnavailable
@@ -117,12 +124,14 @@ class PostgresStore:
                     if budget <= 0:
                         raise TimeoutError
                     return list(await conn.fetch(query, *args, timeout=budget))
-        except asyncpg.DataError as exc:
-            raise EventRejected(str(exc)) from None
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
             raise StoreUnavailable("the database did not answer in time") from exc
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"database error: {type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailable(f"database error: {describe_error(exc)}") from exc
+        except asyncpg.PostgresError as exc:
+            if refuses(exc):  # this event's data (a constraint, an app's trigger): never retry
+                raise EventRejected(describe_error(exc)) from None
+            raise
 
     def _deadline(self) -> float:
         return asyncio.get_running_loop().time() + self._timeout
@@ -157,21 +166,21 @@ class PostgresStore:
         except (StoreUnavailable, EventRejected) as exc:
             return exc
         except asyncpg.PostgresError as exc:
-            # Anything else (a lost race on the inbox key, a deadlock): retrying will settle it.
-            return StoreUnavailable(f"database error: {type(exc).__name__}: {exc}")
+            # Anything else (a deadlock, a failover, a missing grant): a retry may settle it.
+            return StoreUnavailable(f"database error: {describe_error(exc)}")
         return Outcome(rows[0][0])
 
     async def record_invalid(self, message_id: str, body: bytes, error: str) -> None:
         try:
             await self._fetch(self._deadline(), RECORD_INVALID_SQL, message_id, body, error)
-        except asyncpg.PostgresError as exc:
-            raise StoreUnavailable(f"database error: {type(exc).__name__}: {exc}") from exc
+        except (EventRejected, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"database error: {describe_error(exc)}") from exc
 
     async def read_user(self, user_id: str) -> StoredUser | None:
         try:
             rows = await self._fetch(self._deadline(), READ_USER_SQL, user_id)
         except (EventRejected, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(f"database error: {type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailable(f"database error: {describe_error(exc)}") from exc
         if not rows:
             return None
         row = dict(rows[0])

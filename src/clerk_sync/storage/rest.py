@@ -19,6 +19,7 @@ import orjson
 
 from clerk_sync.events import ClerkEvent, Outcome
 from clerk_sync.migrations import latest_version
+from clerk_sync.sqlstate import describe_failure, refuses_event
 from clerk_sync.storage.base import USER_COLUMNS, EventRejected, StoredUser, StoreUnavailable
 
 log = logging.getLogger("clerk_sync.storage")
@@ -170,7 +171,9 @@ class RestStore:
         raise self._failure(function, response, log_errors)
 
     def _failure(self, function: str, response: httpx.Response, log_errors: bool) -> Exception:
-        """What a PostgREST error answer {code, message, details, hint} means for the caller."""
+        """What a PostgREST error answer {code, message, details, hint} means for the caller.
+        `code` is the SQLSTATE for a database error, mapped as in direct mode; `details`
+        (PostgreSQL's DETAIL: the failing row) and `hint` are never used."""
         status = response.status_code
         try:
             error = orjson.loads(response.content)
@@ -196,13 +199,17 @@ class RestStore:
                 log_errors,
                 FunctionMissing,
             )
-        if code.startswith("22"):  # data exception: this event's data, retrying cannot help
-            return EventRejected(f"{message} ({code})")
+        if refuses_event(code):  # this event's data (a constraint, an app's trigger)
+            return EventRejected(describe_failure(code, message))
         if status == 404:
             return self._configuration_error(
                 f"HTTP 404 from {self._host}: is SUPABASE_URL the project URL "
                 "(https://<project-ref>.supabase.co)?",
                 log_errors,
+            )
+        if len(code) == 5 and not code.startswith("PGRST"):  # a SQLSTATE
+            return StoreUnavailable(
+                f"Supabase answered HTTP {status}: {describe_failure(code, message)}"
             )
         return StoreUnavailable(f"Supabase answered HTTP {status} {code}: {message}")
 
