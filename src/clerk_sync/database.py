@@ -34,6 +34,7 @@ __all__ = [
     "CONNECT_ERRORS",
     "DATABASE_ERRORS",
     "OWN_SCHEMA",
+    "POOLER_ERRORS",
     "REFUSED_CLASSES",
     "REFUSED_CODES",
     "TRANSACTION_POOLER_PORT",
@@ -108,13 +109,21 @@ def statement_cache_size(dsn: str, prepared_statements: str) -> int:
     return 1024 if use_cache else 0
 
 
+# What asyncpg raises when a transaction pooler hands it a server connection where another
+# client's prepared statements live (42P05), or one without its own (26000).
+POOLER_ERRORS = (asyncpg.DuplicatePreparedStatementError, asyncpg.InvalidSQLStatementNameError)
+
+
 async def connect(
     dsn: str, prepared_statements: str = "auto", timeout: float = 10
 ) -> asyncpg.Connection:
-    """One connection, pooler-safe. Raises what asyncpg raises (see `database_error`)."""
-    return await asyncpg.connect(
-        dsn, timeout=timeout, statement_cache_size=statement_cache_size(dsn, prepared_statements)
-    )
+    """One connection, for a command (or the retention loop): pooler-safe whatever the port,
+    as its prepared-statement cache is off unless asked for (`on`). A command runs a few
+    statements, which a cache does not speed up; and a transaction pooler on another port
+    than 6543 (PgBouncer's default is 6432) cannot be told from its DSN. Raises what asyncpg
+    raises (see `database_error`)."""
+    cache = statement_cache_size(dsn, "on") if prepared_statements == "on" else 0
+    return await asyncpg.connect(dsn, timeout=timeout, statement_cache_size=cache)
 
 
 def one_line(exc: BaseException) -> str:
@@ -145,7 +154,7 @@ def database_error(exc: BaseException, dsn: str, doing: str, then: str = "") -> 
     reason = one_line(exc) if configuration or not sqlstate else describe_error(exc)
     hint = getattr(exc, "hint", None)
     if hint and sqlstate[:2] != "P0":  # an app's raise may put values in its hint too
-        reason += f". {hint}"
+        reason += ". " + " ".join(hint.split())  # asyncpg's run to several lines
     if configuration:
         return ConfigError(f"DATABASE_URL: cannot {doing} at {where}: {reason}")
     if refuses(exc):
