@@ -111,7 +111,7 @@ class WebhookReceiver:
         client = scope.get("client")
         host = client[0] if client else None
         limit = handler.max_body_bytes
-        limited = handler.is_limited(host)  # at once, while nobody has failed lately
+        limited = handler.limiter.is_limited(host or "unknown")  # at once, if nobody failed lately
         if limited:
             # Over the failed-verification limit: refused from the headers where they suffice,
             # else a small body read, verified, and applied if genuine.
