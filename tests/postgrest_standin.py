@@ -32,7 +32,7 @@ import orjson
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tests import support
@@ -201,6 +201,7 @@ class PostgrestStandin:
         self.port = support.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.delay = 0.0  # seconds to wait before answering: a slow Supabase
+        self.dribble = 0.0  # seconds between the bytes of an answer: a trickling network
         self.down = False  # answer as PostgREST does when it cannot reach the database
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.connections: set[tuple[str, int]] = set()  # the clients' (host, port)
@@ -296,11 +297,23 @@ class PostgrestStandin:
         token = request.headers.get("authorization", "").removeprefix("Bearer ")
         claims = jwt_decode(token) or {"role": role}
         try:
-            return await self._call(
+            answer = await self._call(
                 request.path_params["function"], body.decode(), arguments, role, claims
             )
+            return self._dribbled(answer) if self.dribble and answer.body else answer
         except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
             return error_response(503, "PGRST000", "Could not connect with the database")
+
+    def _dribbled(self, answer: Response) -> Response:
+        """`answer`, sent one byte every `dribble` seconds."""
+        pause, content = self.dribble, bytes(answer.body)
+
+        async def trickle() -> AsyncIterator[bytes]:
+            for byte in content:
+                await asyncio.sleep(pause)
+                yield bytes([byte])
+
+        return StreamingResponse(trickle(), answer.status_code, media_type=answer.media_type)
 
     async def _call(
         self,

@@ -312,6 +312,35 @@ def test_a_user_that_cannot_be_written_is_counted_and_the_rest_go_on(
     assert scalar(bdb, "select count(*) from public.users") == 700
 
 
+def test_a_user_an_apps_constraint_refuses_is_an_error_and_the_run_goes_on(
+    bdb: str, standin: StandIn
+) -> None:
+    """A check constraint the app added refuses one user: the others are written, the run
+    completes and reports one error, said by constraint, without the user's values."""
+    standin.users = clerk_users(30)
+    standin.users[7]["first_name"] = "Bartholomew-jöhn.doe@exämple.de"
+    support.execute(
+        bdb,
+        "alter table public.users add constraint app_first_name_short"
+        " check (length(first_name) < 20)",
+    )
+    notes = io.StringIO()
+    try:
+        result = run_backfill(bdb, standin, notes=notes)
+    finally:
+        support.execute(
+            bdb, "alter table public.users drop constraint if exists app_first_name_short"
+        )
+    assert (result.tally.created, result.tally.errors) == (29, 1)
+    assert result.exit_status == backfilling.FAILED
+    assert scalar(bdb, "select count(*) from public.users") == 29
+    said = notes.getvalue()
+    assert f"cannot write user {standin.users[7]['id']}" in said and "app_first_name_short" in said
+    assert "23514" in said and "jöhn" not in said and "Bartholomew" not in said
+    assert "Failing row" not in said
+    assert "errors 1 (some users could not be written)" in result.summary()
+
+
 def test_dry_run_writes_nothing(bdb: str, standin: StandIn) -> None:
     standin.users = clerk_users(1200)
     run_backfill(bdb, standin, BackfillOptions(max_prune_ratio=1.0))

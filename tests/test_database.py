@@ -32,6 +32,15 @@ def test_every_error_has_one_root_and_its_exit_status() -> None:
         (asyncpg.DeadlockDetectedError("deadlock detected"), DatabaseUnavailable),
         (asyncpg.InvalidTextRepresentationError("invalid input syntax"), Refused),
         (asyncpg.UniqueViolationError("duplicate key value"), Refused),
+        (asyncpg.CheckViolationError("violates check constraint"), Refused),
+        (asyncpg.ForeignKeyViolationError("violates foreign key constraint"), Refused),
+        (asyncpg.RaiseError("refused by the app's trigger"), Refused),
+        (asyncpg.ReadOnlySQLTransactionError("read-only transaction"), DatabaseUnavailable),
+        (asyncpg.SerializationError("could not serialize access"), DatabaseUnavailable),
+        (asyncpg.InsufficientPrivilegeError("permission denied"), DatabaseUnavailable),
+        (asyncpg.LockNotAvailableError("lock timeout"), DatabaseUnavailable),
+        (asyncpg.QueryCanceledError("canceling statement"), DatabaseUnavailable),
+        (asyncpg.CannotConnectNowError("the database system is starting up"), DatabaseUnavailable),
         (ConnectionRefusedError(111, "Connection refused"), DatabaseUnavailable),
         (TimeoutError(), DatabaseUnavailable),
         (asyncpg.InterfaceError("connection is closed"), DatabaseUnavailable),
@@ -115,3 +124,57 @@ def test_a_current_database_answers(database_url: str) -> None:
             return int(await conn.fetchval("select 41 + 1"))
 
     assert support.run(go()) == 42
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "refused"),
+    [
+        ("22012", True), ("23514", True), ("23505", True), ("23503", True), ("23502", True),
+        ("P0001", True), ("25006", False), ("40001", False), ("40P01", False), ("42501", False),
+        ("55P03", False), ("57014", False), ("57P01", False), ("08006", False), ("53100", False),
+    ],
+)  # fmt: skip
+def test_what_refuses_the_event_and_what_is_worth_a_retry(sqlstate: str, refused: bool) -> None:
+    assert database.refuses_event(sqlstate) is refused
+
+
+def test_a_race_on_clerk_syncs_own_keys_is_worth_a_retry() -> None:
+    assert database.refuses_event("23505", "public")
+    assert not database.refuses_event("23505", "clerk_sync")
+
+
+def test_errors_are_described_without_the_rows_values(database_url: str) -> None:
+    """DETAIL (`Failing row contains (…)`) never; a raised exception's own text never (the
+    function that raised is named instead); a data exception's input with emails masked."""
+
+    async def go() -> list[str]:
+        conn = await asyncpg.connect(database_url)
+        said = []
+        try:
+            await conn.execute(
+                "create temp table t (email text constraint short_email check (length(email) < 5))"
+            )
+            await conn.execute(
+                "create function pg_temp.refuse() returns void language plpgsql as $$"
+                " begin raise exception 'no %', 'jöhn.doe@exämple.de'; end $$"
+            )
+            for query in (
+                "insert into t values ('jöhn.doe@exämple.de')",
+                "select pg_temp.refuse()",
+                "select 'jöhn.doe@exämple.de'::int",
+            ):
+                try:
+                    await conn.execute(query)
+                except asyncpg.PostgresError as exc:
+                    assert database.refuses(exc)
+                    said.append(database.describe_error(exc))
+        finally:
+            await conn.close()
+        return said
+
+    check, raised, data = support.run(go())
+    for text in (check, raised, data):
+        assert "jöhn" not in text and "Failing row" not in text and "\n" not in text
+    assert "(23514, integrity constraint violation, constraint short_email, table t)" in check
+    assert raised.startswith("RaiseError: raised in PL/pgSQL function") and "P0001" in raised
+    assert "invalid input syntax for type integer" in data and "<email>" in data

@@ -64,3 +64,17 @@ def test_client_keys() -> None:
     assert client_key("::ffff:192.0.2.7") == "192.0.2.7"
     assert client_key("fe80::1%eth0") == "fe80::/64"
     assert client_key("unknown") == "unknown"
+
+
+def test_the_limit_lasts_a_minute_from_the_last_failure() -> None:
+    """Not from the first of the failures that put the client over: 4 failures spread over
+    55 s keep it limited until 60 s after the fourth."""
+    clock = Clock()
+    limiter = FailedVerificationLimiter(3, clock=clock)
+    for step in range(4):
+        clock.now = 1000.0 + step * 55.0 / 3
+        limiter.record_failure("10.0.0.1")
+    clock.now = 1055.0 + 59.0
+    assert limiter.is_limited("10.0.0.1")
+    clock.now = 1055.0 + 60.0
+    assert not limiter.is_limited("10.0.0.1")

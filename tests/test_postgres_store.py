@@ -124,3 +124,71 @@ def test_when_a_batch_is_applied_one_by_one_each_answer_is_its_own(db: str) -> N
     assert took >= 2.0
     rows = support.fetch(db, "select id from public.users order by id")
     assert [r["id"] for r in rows] == ["user_first", "user_last", "user_slow"]
+
+
+def test_a_batch_with_one_event_an_apps_constraint_refuses_applies_the_others(db: str) -> None:
+    """The poison event is rejected alone (a dead letter for the caller); the rest of its batch
+    applies, as for a data exception."""
+    support.execute(
+        db,
+        "alter table public.users add constraint app_first_name_short"
+        " check (length(first_name) < 10)",
+    )
+    try:
+
+        async def go() -> list[object]:
+            store = await PostgresStore.open(db)
+            try:
+                now = asyncio.get_running_loop().time()
+                batch = [
+                    _Write("msg_ok1", parse_event(event("user_ok1", 1)), now + 5),
+                    _Write(
+                        "msg_poison",
+                        parse_event(event("user_poison", 1, first_name="Bartholomew")),
+                        now + 5,
+                    ),
+                    _Write("msg_ok2", parse_event(event("user_ok2", 1)), now + 5),
+                ]
+                return list(await store._apply_batch(batch))
+            finally:
+                await store.close()
+
+        results = asyncio.run(go())
+    finally:
+        support.execute(
+            db, "alter table public.users drop constraint if exists app_first_name_short"
+        )
+    assert results[0] == results[2] == Outcome.APPLIED
+    assert isinstance(results[1], EventRejected)
+    assert "app_first_name_short" in str(results[1]) and "Bartholomew" not in str(results[1])
+    rows = support.fetch(db, "select id from public.users order by id")
+    assert [r["id"] for r in rows] == ["user_ok1", "user_ok2"]
+
+
+def test_a_hard_delete_a_foreign_key_restricts_is_rejected_not_retried(db: str) -> None:
+    support.execute(
+        db,
+        "create table public.app_orders (id int primary key,"
+        " user_id text not null references public.users (id) on delete restrict)",
+    )
+    try:
+
+        async def go() -> list[object]:
+            store = await PostgresStore.open(db, delete_mode="hard")
+            try:
+                await store.apply("msg_u", parse_event(event("user_buyer", 1)))
+                await asyncio.to_thread(
+                    support.execute, db, "insert into public.app_orders values (1, 'user_buyer')"
+                )
+                deleted = json.dumps(support.deleted_event("user_buyer")).encode()
+                return await asyncio.gather(
+                    store.apply("msg_del", parse_event(deleted)), return_exceptions=True
+                )
+            finally:
+                await store.close()
+
+        [result] = asyncio.run(go())
+    finally:
+        support.execute(db, "drop table if exists public.app_orders")
+    assert isinstance(result, EventRejected)
+    assert "23503" in str(result) and "app_orders_user_id_fkey" in str(result)

@@ -69,7 +69,7 @@ def postgrest(supabase_db: str) -> Iterator[PostgrestStandin]:
 def db(supabase_db: str, postgrest: PostgrestStandin) -> str:
     """Rebinds the core suites' `db`: the Supabase-like database, emptied for this test."""
     support.execute(supabase_db, support.CLEAN_SQL)
-    postgrest.delay, postgrest.down = 0.0, False
+    postgrest.delay, postgrest.dribble, postgrest.down = 0.0, 0.0, False
     postgrest.requests.clear()
     postgrest.connections.clear()
     return supabase_db
@@ -370,6 +370,53 @@ def test_a_slow_supabase_answers_503_in_time(
         assert retry.status_code == 200
         assert retry.json()["outcome"] in ("applied", "duplicate")
     assert [r["id"] for r in support.fetch(db, "select id from public.users")] == ["user_slow"]
+
+
+def test_a_delivery_has_one_budget_not_one_per_phase(
+    db: str, postgrest: PostgrestStandin, secret: tuple[str, bytes], tmp_path: Path
+) -> None:
+    """CLERK_SYNC_DB_TIMEOUT bounds the whole delivery: a Supabase slower than it is answered
+    503 within it (httpx's per-phase timeouts used to add up to twice it and more)."""
+    settings = rest_settings(postgrest.url, SECRET_KEY, secret[0], tmp_path, db_timeout=1.0)
+    event = support.user_event("user.created", "user_budget", 1_700_000_000_000)
+    with TestClient(create_app_from_settings(settings)) as client:
+        postgrest.dribble = 0.5  # a byte of the answer every 0.5 s: no read ever times out
+        started = time.monotonic()
+        response = deliver(client, secret[1], event, "msg_budget")
+        elapsed = time.monotonic() - started
+        postgrest.dribble = 0.0
+    assert response.status_code == 503, response.text
+    assert elapsed < 1.0 + 0.4, elapsed
+
+
+def test_a_dead_letter_is_recorded_within_the_same_budget(
+    db: str, postgrest: PostgrestStandin, secret: tuple[str, bytes], tmp_path: Path
+) -> None:
+    """A refused apply and the dead letter recorded after it share one budget: when the two
+    calls together would outlast it, the answer is 503 in time (the retry can keep it)."""
+    settings = rest_settings(postgrest.url, SECRET_KEY, secret[0], tmp_path, db_timeout=2.0)
+    poison = support.user_event("user.created", "user_p", 1_700_000_000_000, first_name="X" * 12)
+    support.execute(
+        db, "alter table public.users add constraint app_short check (length(first_name) < 10)"
+    )
+    try:
+        with TestClient(create_app_from_settings(settings)) as client:
+            postgrest.delay = 1.2  # each call: together 2.4 s, over the 2 s budget
+            started = time.monotonic()
+            response = deliver(client, secret[1], poison, "msg_p")
+            elapsed = time.monotonic() - started
+            time.sleep(postgrest.delay)
+            assert response.status_code == 503, response.text
+            assert elapsed < 2.0 + 0.4, elapsed
+            postgrest.delay = 0
+            # The abandoned call may still have committed the dead letter (over HTTP a call
+            # given up on is not cancelled in the server): either way it is kept, once.
+            retry = deliver(client, secret[1], poison, "msg_p")
+            assert retry.status_code in (200, 400), retry.text
+        rows = support.fetch(db, "select svix_id, outcome from clerk_sync.inbox")
+        assert rows == [{"svix_id": "msg_p", "outcome": "invalid"}]
+    finally:
+        support.execute(db, "alter table public.users drop constraint if exists app_short")
 
 
 def test_supabase_down_or_unreachable_answers_503_then_the_retry_applies(

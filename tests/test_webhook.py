@@ -630,3 +630,80 @@ def test_of_a_header_sent_twice_the_first_counts(
     ]
     response = client.post(WEBHOOK_PATH, content=body, headers=forged_first)
     assert response.status_code == 401
+
+
+# --- refusals by the app's own constraints and triggers --------------------------------------
+
+PII_EMAIL = "jöhn.doe@exämple.de"
+REFUSALS = {
+    # name: (what the app added, what undoes it)
+    "check": (
+        "alter table public.users add constraint app_first_name_short"
+        " check (length(first_name) < 10)",
+        "alter table public.users drop constraint if exists app_first_name_short",
+    ),
+    "unique": (
+        "create unique index app_one_account_per_email on public.users (email)",
+        "drop index if exists public.app_one_account_per_email",
+    ),
+    "trigger": (
+        """
+        create function public.app_refuse_user() returns trigger language plpgsql as $$
+        begin
+            if length(new.first_name) >= 10 then
+                raise exception 'refusing % (%)', new.first_name, new.email;
+            end if;
+            return new;
+        end $$;
+        create trigger app_refuse_user before insert or update on public.users
+        for each row execute function public.app_refuse_user();
+        """,
+        "drop function if exists public.app_refuse_user() cascade",
+    ),
+}
+
+
+@pytest.mark.parametrize("refusal", sorted(REFUSALS))
+def test_an_event_the_apps_constraint_or_trigger_refuses_is_a_dead_letter(
+    client: TestClient, db: str, secret: tuple[str, bytes], refusal: str
+) -> None:
+    """Not a 503 that Svix retries for 27 hours: kept, answered 400 abort-message, said without
+    the row's values, and replayable once the cause is fixed."""
+    add, drop = REFUSALS[refusal]
+    support.execute(db, add)
+    try:
+        refused_then_replayed(client, db, secret[1], refusal)
+    finally:
+        support.execute(db, drop)
+
+
+def refused_then_replayed(client: TestClient, db: str, key: bytes, refusal: str) -> None:
+    if refusal == "unique":
+        first = support.user_event("user.created", "user_first", 1, email=PII_EMAIL)
+        assert deliver(client, key, first).json() == {"outcome": "applied"}
+    poison = support.user_event(
+        "user.created", "user_poison", 2, email=PII_EMAIL, first_name="Bartholomew"
+    )
+    body = support.dumps(poison)
+    headers = support.signed_headers(key, body, "msg_poison")
+    response = post(client, body, headers)
+    assert response.status_code == 400
+    assert response.headers["webhook-delivery"] == "abort-message"
+    said = assert_error_json(response)
+    [row] = [r for r in inbox(db) if r["svix_id"] == "msg_poison"]
+    assert row["outcome"] == "invalid"
+    expected = {"check": "app_first_name_short", "unique": "app_one_account_per_email"}
+    for text in (said, row["error"]):
+        assert PII_EMAIL not in text and "Bartholomew" not in text and "Failing row" not in text
+        assert {"check": "23514", "unique": "23505", "trigger": "P0001"}[refusal] in text
+        if refusal in expected:
+            assert expected[refusal] in text
+    assert [u["id"] for u in users(db)] == (["user_first"] if refusal == "unique" else [])
+
+    # The cause fixed, a replay applies it.
+    support.execute(db, REFUSALS[refusal][1])
+    [replayed] = support.fetch(
+        db, "select new_outcome from public.clerk_sync_replay('msg_poison', 'soft', false)"
+    )
+    assert replayed["new_outcome"] == "applied"
+    assert "user_poison" in [u["id"] for u in users(db)]

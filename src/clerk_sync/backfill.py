@@ -38,7 +38,7 @@ import orjson
 
 from clerk_sync import migrations
 from clerk_sync.clerk_api import PAGE_LIMIT, ClerkClient, User
-from clerk_sync.database import connection
+from clerk_sync.database import connection, describe_error, refuses
 from clerk_sync.errors import ClerkSyncError, Refused
 from clerk_sync.settings import Settings
 
@@ -538,7 +538,8 @@ async def _classify(
 async def _apply(
     conn: asyncpg.Connection, writes: Sequence[_Listed], delete_mode: str, reporter: Reporter
 ) -> dict[str, str | None]:
-    """Each write's outcome (None: it could not be applied), in one statement when all is well."""
+    """Each write's outcome (None: refused, see `database.refuses`), in one statement when all
+    is well, else one by one."""
     if not writes:
         return {}
     svix_ids = [w.svix_id for w in writes]
@@ -548,8 +549,9 @@ async def _apply(
                 APPLY_PAGE_SQL, svix_ids, [w.event for w in writes], delete_mode
             )
         return {w.user_id: row[0] for w, row in zip(writes, rows, strict=True)}
-    except asyncpg.DataError:
-        pass
+    except asyncpg.PostgresError as exc:
+        if not refuses(exc):  # an outage, not a user's data: the run stops and resumes later
+            raise
     outcomes: dict[str, str | None] = {}
     for w in writes:
         try:
@@ -557,8 +559,12 @@ async def _apply(
                 outcomes[w.user_id] = await conn.fetchval(
                     APPLY_ONE_SQL, w.svix_id, w.event, delete_mode
                 )
-        except asyncpg.DataError as exc:
-            reporter.note(f"cannot write user {w.user_id}: {exc}")
+        except asyncpg.PostgresError as exc:
+            if not refuses(exc):
+                raise
+            # Its data or an app's constraint or trigger refused it: counted as an error, and
+            # the run goes on. Said by SQLSTATE and constraint, never with the row's values.
+            reporter.note(f"cannot write user {w.user_id}: {describe_error(exc)}")
             outcomes[w.user_id] = None
     return outcomes
 

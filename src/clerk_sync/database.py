@@ -3,8 +3,10 @@ directly: the `Store` backend's pool, the server's retention loop, and the opera
 (`migrate`, `replay`, `events`, `purge`, `users`, `backfill`, `doctor`).
 
 Connections work through Supabase's transaction pooler (port 6543: no prepared statements). A
-failure becomes one of the kinds in `clerk_sync.errors`, by its SQLSTATE class, with a message of
-one line that names where the database is but never the DSN (it holds the password).
+failure becomes one of the kinds in `clerk_sync.errors`, by its SQLSTATE (`clerk_sync.sqlstate`
+says which refuse the event itself and which are worth a retry), with a message of one line
+that names where the database is but never the DSN (it holds the password), nor the row's
+values (`describe_error`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,23 @@ import asyncpg
 
 from clerk_sync.errors import ClerkSyncError, ConfigError, DatabaseUnavailable, Refused
 from clerk_sync.settings import describe_dsn
+from clerk_sync.sqlstate import (
+    CONFIGURATION_CLASSES,
+    OWN_SCHEMA,
+    REFUSED_CLASSES,
+    REFUSED_CODES,
+    describe_failure,
+    refuses_event,
+)
 
 __all__ = [
+    "CONFIGURATION_CLASSES",
     "CONNECT_ERRORS",
     "DATABASE_ERRORS",
+    "OWN_SCHEMA",
+    "POOLER_ERRORS",
+    "REFUSED_CLASSES",
+    "REFUSED_CODES",
     "TRANSACTION_POOLER_PORT",
     "UNREACHABLE",
     "SchemaTooOld",
@@ -29,7 +44,11 @@ __all__ = [
     "connection",
     "database_error",
     "describe_dsn",
+    "describe_error",
+    "describe_failure",
     "one_line",
+    "refuses",
+    "refuses_event",
     "statement_cache_size",
     "uses_transaction_pooler",
 ]
@@ -46,30 +65,29 @@ UNREACHABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresCo
 # Connecting may also raise ValueError: asyncpg's answer to a DSN it cannot read.
 CONNECT_ERRORS = (*DATABASE_ERRORS, ValueError)
 
-# SQLSTATE classes (the first two characters) by what they mean for the caller.
-# https://www.postgresql.org/docs/current/errcodes-appendix.html
-UNAVAILABLE_CLASSES = frozenset(
-    {
-        "08",  # connection exception
-        "40",  # transaction rollback (serialization failure, deadlock): retrying settles it
-        "53",  # insufficient resources (too many connections, disk full)
-        "55",  # object not in prerequisite state (a lock not available)
-        "57",  # operator intervention (query canceled by a timeout, server shutting down)
-        "58",  # system error (an I/O error in the server)
-    }
-)
-CONFIGURATION_CLASSES = frozenset(
-    {
-        "28",  # invalid authorization (a wrong password or user)
-        "3D",  # invalid catalog name (no such database)
-    }
-)
-REFUSED_CLASSES = frozenset(
-    {
-        "22",  # data exception: this data, retrying cannot help
-        "23",  # integrity constraint violation
-    }
-)
+
+def describe_error(exc: BaseException) -> str:
+    """`describe_failure` for what asyncpg (or the network) raised."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if not isinstance(exc, asyncpg.PostgresError) or not sqlstate:
+        return f"{type(exc).__name__}: {one_line(exc)}"
+    return describe_failure(
+        str(sqlstate),
+        one_line(exc),  # asyncpg puts DETAIL (the row) on the lines after the first
+        condition=type(exc).__name__,
+        constraint=getattr(exc, "constraint_name", None),
+        column=getattr(exc, "column_name", None),
+        table=getattr(exc, "table_name", None),
+        raised_in=getattr(exc, "context", None),
+    )
+
+
+def refuses(exc: BaseException) -> bool:
+    """`refuses_event` for what asyncpg raised."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if not isinstance(exc, asyncpg.PostgresError) or not sqlstate:
+        return False
+    return refuses_event(str(sqlstate), getattr(exc, "schema_name", None))
 
 
 class SchemaTooOld(ClerkSyncError):
@@ -91,13 +109,21 @@ def statement_cache_size(dsn: str, prepared_statements: str) -> int:
     return 1024 if use_cache else 0
 
 
+# What asyncpg raises when a transaction pooler hands it a server connection where another
+# client's prepared statements live (42P05), or one without its own (26000).
+POOLER_ERRORS = (asyncpg.DuplicatePreparedStatementError, asyncpg.InvalidSQLStatementNameError)
+
+
 async def connect(
     dsn: str, prepared_statements: str = "auto", timeout: float = 10
 ) -> asyncpg.Connection:
-    """One connection, pooler-safe. Raises what asyncpg raises (see `database_error`)."""
-    return await asyncpg.connect(
-        dsn, timeout=timeout, statement_cache_size=statement_cache_size(dsn, prepared_statements)
-    )
+    """One connection, for a command (or the retention loop): pooler-safe whatever the port,
+    as its prepared-statement cache is off unless asked for (`on`). A command runs a few
+    statements, which a cache does not speed up; and a transaction pooler on another port
+    than 6543 (PgBouncer's default is 6432) cannot be told from its DSN. Raises what asyncpg
+    raises (see `database_error`)."""
+    cache = statement_cache_size(dsn, "on") if prepared_statements == "on" else 0
+    return await asyncpg.connect(dsn, timeout=timeout, statement_cache_size=cache)
 
 
 def one_line(exc: BaseException) -> str:
@@ -123,14 +149,15 @@ def database_error(exc: BaseException, dsn: str, doing: str, then: str = "") -> 
         return DatabaseUnavailable(
             f"cannot {doing} at {where}: the database did not answer in time{then}"
         )
-    reason = one_line(exc)
-    hint = getattr(exc, "hint", None)
-    if hint:
-        reason += f". {hint}"
     sqlstate = str(getattr(exc, "sqlstate", "") or "")
-    if sqlstate[:2] in CONFIGURATION_CLASSES:
+    configuration = sqlstate[:2] in CONFIGURATION_CLASSES
+    reason = one_line(exc) if configuration or not sqlstate else describe_error(exc)
+    hint = getattr(exc, "hint", None)
+    if hint and sqlstate[:2] != "P0":  # an app's raise may put values in its hint too
+        reason += ". " + " ".join(hint.split())  # asyncpg's run to several lines
+    if configuration:
         return ConfigError(f"DATABASE_URL: cannot {doing} at {where}: {reason}")
-    if sqlstate[:2] in REFUSED_CLASSES:
+    if refuses(exc):
         return Refused(f"cannot {doing} at {where}: {reason}")
     return DatabaseUnavailable(f"cannot {doing} at {where}: {reason}{then}")
 

@@ -37,6 +37,8 @@ log = logging.getLogger("clerk_sync.webhook")
 
 MAX_BODY_BYTES = 1024 * 1024
 FAILED_VERIFICATION_LIMIT = 20  # per client and minute
+# What is read of a body from a client over that limit: Clerk's events are a few KB.
+LIMITED_BODY_BYTES = 64 * 1024
 RETRY_AFTER_SECONDS = "5"
 # A client that has not sent its whole body by then is holding a connection, not delivering.
 BODY_READ_SECONDS = 10
@@ -66,6 +68,11 @@ _new_tuple = tuple.__new__
 
 # What an answer is decided from: status, JSON body, extra headers, outcome.
 _Decision = tuple[int, dict[str, Any], dict[str, str] | None, str]
+
+
+def _rate_limited() -> _Decision:
+    error = "too many failed verifications from this client"
+    return 429, {"error": error}, {"Retry-After": "60"}, "rate_limited"
 
 
 def _unavailable() -> _Decision:
@@ -136,7 +143,11 @@ class DeliveryHandler:
             except NotAClerkEvent as exc:
                 line["error"] = error = str(exc)
                 return self._finish(
-                    started, line, *await self._dead_letter(message_id, body, error)
+                    started,
+                    line,
+                    *await self._dead_letter(
+                        message_id, body, error, f"not a Clerk event: {error}"
+                    ),
                 )
             # Item by item, here and in _finish: `update(**fields)` builds a dict of its own.
             line["type"], line["metric_type"] = event.type, event.metric_type
@@ -149,9 +160,11 @@ class DeliveryHandler:
                 line["error"] = str(exc)
                 return self._finish(started, line, *_unavailable())
             except EventRejected as exc:
+                # A constraint or trigger of the app's: kept until the cause is fixed and the
+                # event replayed. The description names the constraint, never the row's values.
                 line["error"] = error = f"the database refused it: {exc}"
                 return self._finish(
-                    started, line, *await self._dead_letter(message_id, body, error)
+                    started, line, *await self._dead_letter(message_id, body, error, error)
                 )
             if outcome is Outcome.APPLIED:
                 metrics.LIVE.last_applied = time.time()
@@ -176,15 +189,44 @@ class DeliveryHandler:
             started or time.perf_counter(), {}, 408, {"error": error}, None, "body_timeout"
         )
 
+    def is_limited(self, client: str | None) -> bool:
+        """Whether `client` is over the failed-verification limit: then its body should be read
+        only if `refuse_limited` passes its headers, and only up to LIMITED_BODY_BYTES. Costs
+        next to nothing while nobody has failed lately."""
+        return self.limiter.is_limited(client or "unknown")
+
+    def refuse_limited(
+        self, headers: Mapping[str, str], client: str | None, started: float | None = None
+    ) -> Answer | None:
+        """For a client over the limit, before its body is read: 429 for whatever the headers
+        alone refuse (missing, malformed, out of tolerance, no `v1` signature), not counted;
+        None when a body is worth reading (it may be a genuine delivery, never throttled)."""
+        try:
+            self.verifier.check_headers(headers)
+        except VerificationError as exc:
+            metrics.VERIFICATION_FAILURES.labels(exc.reason).inc()
+            return self._finish(started or time.perf_counter(), {}, *_rate_limited())
+        return None
+
+    def limited_too_large(self, started: float | None = None) -> Answer:
+        """The answer to a client over the limit whose body exceeds LIMITED_BODY_BYTES."""
+        metrics.VERIFICATION_FAILURES.labels("body_too_large").inc()
+        return self._finish(started or time.perf_counter(), {}, *_rate_limited())
+
     def _refuse(self, exc: VerificationError, client: str | None) -> _Decision:
         metrics.VERIFICATION_FAILURES.labels(exc.reason).inc()
-        if self.limiter.record_failure(client or "unknown"):
-            error = "too many failed verifications from this client"
-            return 429, {"error": error}, {"Retry-After": "60"}, "rate_limited"
+        client = client or "unknown"
+        # A client already over the limit is not counted again: a refused request does not
+        # extend the limit (it lasts a minute from the last failure that counted).
+        if self.limiter.is_limited(client) or self.limiter.record_failure(client):
+            return _rate_limited()
         return exc.status, {"error": exc.message}, None, exc.reason
 
-    async def _dead_letter(self, message_id: str, body: bytes, error: str) -> _Decision:
-        """A genuine delivery that can never apply: keep it, and tell Svix to stop retrying."""
+    async def _dead_letter(
+        self, message_id: str, body: bytes, error: str, answer: str
+    ) -> _Decision:
+        """A genuine delivery that can never apply: keep it (with `error`), and tell Svix to
+        stop retrying (with `answer`)."""
         try:
             await self.store.record_invalid(message_id, body, error)
         except StoreUnavailable:
@@ -194,7 +236,7 @@ class DeliveryHandler:
         except EventRejected:
             log.error("delivery %s could not even be kept as a dead letter", message_id)
         metrics.DEAD_LETTERS.inc()
-        return 400, {"error": f"not a Clerk event: {error}"}, dict(ABORT_RETRIES), "invalid"
+        return 400, {"error": answer}, dict(ABORT_RETRIES), "invalid"
 
     def _finish(
         self,

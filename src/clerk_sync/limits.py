@@ -1,6 +1,8 @@
 """Per-client limit on failed verifications: a client that keeps sending forged or malformed
 deliveries gets 429 instead of an answer that helps it probe. Genuine (verified) deliveries are
-never counted or throttled.
+never counted or throttled. While a client is limited, what its headers alone refuse is
+answered 429 before its body is read, a body is read only up to a small cap, and a failed
+verification is answered 429 without being counted (`delivery.py`, `webhook.py`).
 
 Memory is bounded whatever a client sends: at most `limit + 1` times are kept per client (that
 is all "more than `limit` in the window" needs), for at most MAX_TRACKED_CLIENTS clients. An
@@ -46,15 +48,16 @@ class FailedVerificationLimiter:
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
     def is_limited(self, client: str) -> bool:
-        """Whether `client` is over the limit now: checked before its request is read, and
-        not counted (a refused request does not extend the limit)."""
+        """Whether `client` is over the limit now: until a minute after its last failed
+        verification, when that one made more than `limit` in a minute. Checked before a
+        request is read, and not counted (a refused request does not extend the limit)."""
         if not self._failures:  # the usual case: nobody has failed lately
             return False
         failures = self._failures.get(client_key(client))
-        if failures is None:
+        if failures is None or len(failures) <= self._limit:
             return False
-        self._expire(failures, self._clock())
-        return len(failures) > self._limit
+        # record_failure keeps only the failures within a window of the last one.
+        return failures[-1] > self._clock() - self._window
 
     def record_failure(self, client: str) -> bool:
         """Count one failed verification; True when the client is now over the limit."""

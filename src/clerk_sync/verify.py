@@ -77,6 +77,25 @@ class Verifier:
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> VerifiedDelivery:
         """Check a delivery's headers and raw body; raise VerificationError when it fails."""
+        message_id, timestamp_text, timestamp, candidates = self.check_headers(headers)
+        signed = b"%s.%s.%s" % (message_id.encode(), timestamp_text.encode(), body)
+        for key in self._keys:
+            expected = hmac.digest(key, signed, "sha256")
+            # Check every candidate: how long this takes must not tell which one came close.
+            matched = False
+            for candidate in candidates:
+                if hmac.compare_digest(expected, candidate):
+                    matched = True
+            if matched:
+                return VerifiedDelivery(message_id=message_id, timestamp=timestamp)
+        raise VerificationError(401, "no_matching_signature", "no signature matches")
+
+    def check_headers(self, headers: Mapping[str, str]) -> tuple[str, str, int, list[bytes]]:
+        """The rules a delivery's headers alone must pass, before its body counts: present and
+        well-formed, a timestamp within the tolerance, at least one readable `v1` signature.
+        Raise VerificationError; else (message id, timestamp as sent, timestamp, the `v1`
+        signatures decoded, b"" for one that is not base64). `verify` starts here; a receiver may call it before reading the
+        body (for a client over the failed-verification limit)."""
         message_id = _header(headers, "id")
         timestamp_text = _header(headers, "timestamp")
         signature_header = _header(headers, "signature")
@@ -126,24 +145,17 @@ class Verifier:
             )
 
         candidates = [_b64decode(value) for version, _, value in entries if version == "v1"]
-        signed = b"%s.%s.%s" % (message_id.encode(), timestamp_text.encode(), body)
-        for key in self._keys:
-            expected = hmac.digest(key, signed, "sha256")
-            # Check every candidate: how long this takes must not tell which one came close.
-            matched = False
-            for candidate in candidates:
-                if candidate is not None and hmac.compare_digest(expected, candidate):
-                    matched = True
-            if matched:
-                return VerifiedDelivery(message_id=message_id, timestamp=timestamp)
-        raise VerificationError(401, "no_matching_signature", "no signature matches")
+        if not any(candidates):  # nothing an HMAC could match: no need to look at the body
+            raise VerificationError(401, "no_matching_signature", "no signature matches")
+        return message_id, timestamp_text, timestamp, candidates
 
 
-def _b64decode(value: str) -> bytes | None:
+def _b64decode(value: str) -> bytes:
+    """The signature, or b"" (which matches nothing) when it is not base64."""
     try:
         return base64.b64decode(value, validate=True)
     except ValueError:  # binascii.Error is a ValueError
-        return None
+        return b""
 
 
 def verify_webhook(

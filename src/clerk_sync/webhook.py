@@ -1,6 +1,8 @@
 """POST /api/webhooks/clerk as ASGI: what is left for the HTTP layer once `delivery.py` has
 decided the answer. One pass over the headers, the raw body read with a size limit and a
-deadline (413, 408), and each answer written straight through ASGI, in one piece."""
+deadline (413, 408), and each answer written straight through ASGI, in one piece. A client over
+the failed-verification limit is answered 429 from its headers where they suffice, before its
+body is read, and its body is read only up to LIMITED_BODY_BYTES."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from clerk_sync.delivery import BODY_READ_SECONDS, DeliveryHandler
+from clerk_sync.delivery import BODY_READ_SECONDS, LIMITED_BODY_BYTES, DeliveryHandler
 
 # Answers after which the connection is closed: the client was slow, too big or hostile.
 _HANG_UP = frozenset((408, 413, 429))
@@ -110,18 +112,28 @@ class WebhookReceiver:
         started = time.perf_counter()
         handler = self.handler
         declared, signature = read_headers(scope)
+        client = scope.get("client")
+        host = client[0] if client else None
+        limit = handler.max_body_bytes
+        limited = handler.limiter.is_limited(host or "unknown")  # at once, if nobody failed lately
+        if limited:
+            # Over the failed-verification limit: refused from the headers where they suffice,
+            # else a small body read, verified, and applied if genuine.
+            refusal = handler.refuse_limited(signature, host, started)
+            if refusal is not None:
+                await send_json(send, refusal.status, refusal.content, refusal.headers)
+                return
+            limit = min(limit, LIMITED_BODY_BYTES)
         try:
             async with asyncio.timeout(BODY_READ_SECONDS):
-                body = await read_body(receive, handler.max_body_bytes, declared)
+                body = await read_body(receive, limit, declared)
         except BodyTooLarge:
-            answer = handler.too_large(started)
+            answer = handler.limited_too_large(started) if limited else handler.too_large(started)
         except TimeoutError:
             answer = handler.too_slow(started)
         except ClientGone:
             return
         else:
-            client = scope.get("client")
-            host = client[0] if client else None
             answer = await handler.handle(signature, body, host, started)
         status, content, headers, _, _ = answer  # one unpacking, not three attribute lookups
         await send_json(send, status, content, headers)

@@ -26,7 +26,9 @@ class StoreUnavailable(DatabaseUnavailable):
 
 
 class EventRejected(Refused):
-    """The database refused the event's data: retrying cannot help."""
+    """The database refused the event itself (its data, a constraint or trigger of the app's:
+    `clerk_sync.sqlstate.refuses_event`): retrying cannot help. The message names the SQLSTATE
+    and the constraint, never the row's values."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
 import orjson
 
-from clerk_sync.database import CONNECT_ERRORS, DATABASE_ERRORS, UNREACHABLE, statement_cache_size
+from clerk_sync.database import (
+    CONNECT_ERRORS,
+    DATABASE_ERRORS,
+    POOLER_ERRORS,
+    UNREACHABLE,
+    describe_error,
+    refuses,
+    statement_cache_size,
+)
 from clerk_sync.events import ClerkEvent, Outcome
 from clerk_sync.migrations import current_version, latest_version
 from clerk_sync.storage.base import USER_COLUMNS, EventRejected, StoredUser, StoreUnavailable
@@ -69,10 +78,23 @@ class _Write:
 
 
 class PostgresStore:
-    def __init__(self, pool: asyncpg.Pool, *, delete_mode: str, timeout: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        delete_mode: str,
+        timeout: float,
+        reopen_unprepared: Callable[[], Awaitable[asyncpg.Pool]] | None = None,
+    ) -> None:
         self._pool = pool
         self._delete_mode = delete_mode
         self._timeout = timeout
+        # While set, the pool prepares statements without knowing whether a transaction pooler
+        # sits in front (on a port other than 6543): the first sign of one swaps the pool for
+        # one from this, which prepares none, and the statement is run again.
+        self._reopen_unprepared = reopen_unprepared
+        self._reopening = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()
         self._writer: GroupCommitter[_Write, Outcome] = GroupCommitter(
             self._apply_batch, max_in_flight=MAX_WRITES_IN_FLIGHT, max_batch=MAX_BATCH
         )
@@ -87,18 +109,28 @@ class PostgresStore:
         pool_size: int = 10,
         prepared_statements: str = "auto",
     ) -> PostgresStore:
-        # min_size=0: the server starts (and says it is not ready) even while the database is
-        # down; connections are made on first use and remade after an outage.
-        pool = await asyncpg.create_pool(
-            dsn,
-            min_size=0,
-            max_size=pool_size,
-            max_inactive_connection_lifetime=60,
-            reset=_no_session_reset,
+        cache_size = statement_cache_size(dsn, prepared_statements)
+
+        def create_pool(cache_size: int) -> Awaitable[asyncpg.Pool]:
+            # min_size=0: the server starts (and says it is not ready) even while the database
+            # is down; connections are made on first use and remade after an outage.
+            return asyncpg.create_pool(
+                dsn,
+                min_size=0,
+                max_size=pool_size,
+                max_inactive_connection_lifetime=60,
+                reset=_no_session_reset,
+                timeout=timeout,
+                statement_cache_size=cache_size,
+            )
+
+        detect = prepared_statements == "auto" and cache_size > 0
+        return cls(
+            await create_pool(cache_size),
+            delete_mode=delete_mode,
             timeout=timeout,
-            statement_cache_size=statement_cache_size(dsn, prepared_statements),
+            reopen_unprepared=(lambda: create_pool(0)) if detect else None,
         )
-        return cls(pool, delete_mode=delete_mode, timeout=timeout)
 
     async def _fetch(self, deadline: float, query: str, *args: object) -> list[asyncpg.Record]:
         """Run one statement (one transaction) by `deadline` (event loop time), mapping failures
@@ -112,17 +144,46 @@ class PostgresStore:
                 budget = deadline - loop.time()
                 if budget <= 0:
                     raise TimeoutError
-                async with self._pool.acquire(timeout=budget) as conn:
+                pool = self._pool
+                async with pool.acquire(timeout=budget) as conn:
                     budget = deadline - loop.time()
                     if budget <= 0:
                         raise TimeoutError
-                    return list(await conn.fetch(query, *args, timeout=budget))
-        except asyncpg.DataError as exc:
-            raise EventRejected(str(exc)) from None
+                    try:
+                        return list(await conn.fetch(query, *args, timeout=budget))
+                    except POOLER_ERRORS:
+                        # Nothing ran: the statement failed at its preparation (or binding).
+                        if self._reopen_unprepared is None:
+                            raise
+                # Only once a transaction pooler has shown itself, the connection back in the pool.
+                await self._stop_preparing(pool)
+                return await self._fetch(deadline, query, *args)
         except (TimeoutError, asyncpg.QueryCanceledError) as exc:
             raise StoreUnavailable("the database did not answer in time") from exc
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"database error: {type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailable(f"database error: {describe_error(exc)}") from exc
+        except asyncpg.PostgresError as exc:
+            if refuses(exc):  # this event's data (a constraint, an app's trigger): never retry
+                raise EventRejected(describe_error(exc)) from None
+            raise
+
+    async def _stop_preparing(self, seen_on: asyncpg.Pool) -> None:
+        """A transaction pooler keeps prepared statements on its server connections, where the
+        next client finds them: from now on, prepare none (as on port 6543). The first caller
+        to find out swaps the pool; the others, meanwhile, use the new one."""
+        async with self._reopening:
+            if self._pool is not seen_on or self._reopen_unprepared is None:
+                return
+            self._pool = await self._reopen_unprepared()
+            self._reopen_unprepared = None
+            log.warning(
+                "DATABASE_URL leads to a transaction pooler (prepared statements do not last "
+                "between transactions there): prepared statements are off from now on; set "
+                "CLERK_SYNC_PREPARED_STATEMENTS=off to start that way"
+            )
+            retiring = asyncio.create_task(self._close_pool(seen_on))
+            self._retired.add(retiring)
+            retiring.add_done_callback(self._retired.discard)
 
     def _deadline(self) -> float:
         return asyncio.get_running_loop().time() + self._timeout
@@ -157,21 +218,21 @@ class PostgresStore:
         except (StoreUnavailable, EventRejected) as exc:
             return exc
         except asyncpg.PostgresError as exc:
-            # Anything else (a lost race on the inbox key, a deadlock): retrying will settle it.
-            return StoreUnavailable(f"database error: {type(exc).__name__}: {exc}")
+            # Anything else (a deadlock, a failover, a missing grant): a retry may settle it.
+            return StoreUnavailable(f"database error: {describe_error(exc)}")
         return Outcome(rows[0][0])
 
     async def record_invalid(self, message_id: str, body: bytes, error: str) -> None:
         try:
             await self._fetch(self._deadline(), RECORD_INVALID_SQL, message_id, body, error)
-        except asyncpg.PostgresError as exc:
-            raise StoreUnavailable(f"database error: {type(exc).__name__}: {exc}") from exc
+        except (EventRejected, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"database error: {describe_error(exc)}") from exc
 
     async def read_user(self, user_id: str) -> StoredUser | None:
         try:
             rows = await self._fetch(self._deadline(), READ_USER_SQL, user_id)
         except (EventRejected, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(f"database error: {type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailable(f"database error: {describe_error(exc)}") from exc
         if not rows:
             return None
         row = dict(rows[0])
@@ -181,10 +242,15 @@ class PostgresStore:
         return StoredUser(row, synced_at)
 
     async def not_ready_reason(self) -> str | None:
+        pool = self._pool
         try:
-            async with asyncio.timeout(self._timeout):
-                async with self._pool.acquire(timeout=self._timeout) as conn:
-                    version = await current_version(conn)
+            try:
+                version = await self._schema_version(pool)
+            except POOLER_ERRORS:
+                if self._reopen_unprepared is None:
+                    raise
+                await self._stop_preparing(pool)
+                version = await self._schema_version(self._pool)
         except CONNECT_ERRORS as exc:
             return f"database unreachable: {type(exc).__name__}"
         if version < latest_version():
@@ -193,8 +259,17 @@ class PostgresStore:
             )
         return None
 
+    async def _schema_version(self, pool: asyncpg.Pool) -> int:
+        async with asyncio.timeout(self._timeout):
+            async with pool.acquire(timeout=self._timeout) as conn:
+                return await current_version(conn)
+
     async def close(self) -> None:
+        await asyncio.gather(*self._retired)
+        await self._close_pool(self._pool)
+
+    async def _close_pool(self, pool: asyncpg.Pool) -> None:
         try:
-            await asyncio.wait_for(self._pool.close(), timeout=self._timeout)
+            await asyncio.wait_for(pool.close(), timeout=self._timeout)
         except DATABASE_ERRORS:
-            self._pool.terminate()
+            pool.terminate()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,6 +20,7 @@ import orjson
 
 from clerk_sync.events import ClerkEvent, Outcome
 from clerk_sync.migrations import latest_version
+from clerk_sync.sqlstate import describe_failure, refuses_event
 from clerk_sync.storage.base import USER_COLUMNS, EventRejected, StoredUser, StoreUnavailable
 
 log = logging.getLogger("clerk_sync.storage")
@@ -41,6 +43,12 @@ KEY_HINT = (
 )
 
 
+# The deadline (event loop time) of the delivery this task is answering, set by `apply`: a dead
+# letter recorded after a refused apply shares its budget, so a delivery has one budget in all,
+# not one per HTTP call (each ASGI request runs in a task, with a context, of its own).
+_delivery_deadline: ContextVar[float] = ContextVar("clerk_sync_rest_deadline", default=0.0)
+
+
 class FunctionMissing(StoreUnavailable):
     """A clerk-sync function is not in the database: the schema was never applied."""
 
@@ -56,9 +64,12 @@ class RestStore:
         max_connections: int = 10,
     ) -> None:
         self._delete_mode = orjson.dumps(delete_mode)
-        # Each phase (waiting for a connection, connecting, sending, reading) is bounded, and so
-        # is the whole call, as for direct PostgreSQL: a slow Supabase is answered 503 in time.
-        self._deadline = timeout * 2 + 1
+        # One budget for the whole of a delivery's calls (waiting for a connection, connecting,
+        # sending, reading: httpx's per-phase timeouts would add up, to 19.5 s with 10 s each),
+        # each phase capped by what is left: a slow Supabase is answered 503 within `timeout`
+        # (at most 10 s, inside Svix's 15). Over HTTP a call given up on is only abandoned:
+        # PostgREST's statement may still commit, and Svix's retry then answers `duplicate`.
+        self._timeout = timeout
         self._host = urlsplit(url).hostname or url
         self._tables_url = url.rstrip("/") + TABLES_PATH
         self._client = httpx.AsyncClient(
@@ -90,7 +101,9 @@ class RestStore:
                 b"}",
             )
         )
-        result = await self._call("clerk_sync_apply", body)
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        _delivery_deadline.set(deadline)
+        result = await self._call("clerk_sync_apply", body, deadline=deadline)
         try:
             return Outcome(result)
         except ValueError:
@@ -98,7 +111,9 @@ class RestStore:
 
     async def record_invalid(self, message_id: str, body: bytes, error: str) -> None:
         arguments = {"p_svix_id": message_id, "p_raw_body": "\\x" + body.hex(), "p_error": error}
-        await self._call("clerk_sync_record_invalid", orjson.dumps(arguments))
+        # What is left of the refused apply's budget, if this delivery had one.
+        deadline = _delivery_deadline.get() or None
+        await self._call("clerk_sync_record_invalid", orjson.dumps(arguments), deadline=deadline)
 
     async def read_user(self, user_id: str) -> StoredUser | None:
         """GET /rest/v1/users?id=eq.… as the service role. The inbox (schema clerk_sync) is not
@@ -145,15 +160,26 @@ class RestStore:
         *,
         params: dict[str, str] | None = None,
         log_errors: bool = True,
+        deadline: float | None = None,
     ) -> Any:
         """POST one RPC call; its JSON result (None for a void function). Without a body, GET
-        the table of that name (`params` filter it) instead."""
+        the table of that name (`params` filter it) instead. All done by `deadline` (event
+        loop time; default: the timeout from now)."""
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self._timeout
         try:
-            async with asyncio.timeout(self._deadline):
+            async with asyncio.timeout_at(deadline):
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise TimeoutError
+                timeout = httpx.Timeout(left)  # no phase may outlast the whole
                 if body is None:
-                    response = await self._client.get(self._tables_url + function, params=params)
+                    response = await self._client.get(
+                        self._tables_url + function, params=params, timeout=timeout
+                    )
                 else:
-                    response = await self._client.post(function, content=body)
+                    response = await self._client.post(function, content=body, timeout=timeout)
         except (TimeoutError, httpx.TimeoutException):
             raise StoreUnavailable(f"Supabase ({self._host}) did not answer in time") from None
         except httpx.HTTPError as exc:
@@ -170,7 +196,9 @@ class RestStore:
         raise self._failure(function, response, log_errors)
 
     def _failure(self, function: str, response: httpx.Response, log_errors: bool) -> Exception:
-        """What a PostgREST error answer {code, message, details, hint} means for the caller."""
+        """What a PostgREST error answer {code, message, details, hint} means for the caller.
+        `code` is the SQLSTATE for a database error, mapped as in direct mode; `details`
+        (PostgreSQL's DETAIL: the failing row) and `hint` are never used."""
         status = response.status_code
         try:
             error = orjson.loads(response.content)
@@ -196,13 +224,17 @@ class RestStore:
                 log_errors,
                 FunctionMissing,
             )
-        if code.startswith("22"):  # data exception: this event's data, retrying cannot help
-            return EventRejected(f"{message} ({code})")
+        if refuses_event(code):  # this event's data (a constraint, an app's trigger)
+            return EventRejected(describe_failure(code, message))
         if status == 404:
             return self._configuration_error(
                 f"HTTP 404 from {self._host}: is SUPABASE_URL the project URL "
                 "(https://<project-ref>.supabase.co)?",
                 log_errors,
+            )
+        if len(code) == 5 and not code.startswith("PGRST"):  # a SQLSTATE
+            return StoreUnavailable(
+                f"Supabase answered HTTP {status}: {describe_failure(code, message)}"
             )
         return StoreUnavailable(f"Supabase answered HTTP {status} {code}: {message}")
 
