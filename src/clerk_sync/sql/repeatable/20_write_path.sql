@@ -93,7 +93,8 @@ $$;
 -- Apply a batch of verified Clerk events in one transaction, exactly once each, with the same
 -- result as applying them one after another in the order given. Returns each event's outcome:
 --   'applied'   the database changed
---   'duplicate' this svix-id was handled before (or earlier in the batch)
+--   'duplicate' this svix-id was handled before (or earlier in the batch); a dead letter
+--               (outcome 'invalid') was not handled: a resend of its svix-id is applied
 --   'stale'     the event is older than what the database holds, or its user was deleted
 --   'ignored'   an event type clerk-sync does not sync (recorded, nothing else changes)
 -- p_delete_mode is 'soft' (set users.deleted_at, keep the row) or 'hard' (remove the row).
@@ -140,11 +141,13 @@ begin
         select b.n, b.svix_id, b.event, b.type, b.kind, b.user_id, b.version, b.sign_in
         from clerk_sync.batch_events(p_svix_ids, p_events) as b
     ),
-    -- Each svix-id's first delivery in the batch, unless an earlier one was handled.
+    -- Each svix-id's first delivery in the batch, unless an earlier one was handled (a dead
+    -- letter was not: its resend is handled now).
     fresh as (
         select distinct on (b.svix_id) b.*
         from batch as b
-        where not exists (select 1 from clerk_sync.inbox as i where i.svix_id = b.svix_id)
+        where not exists (select 1 from clerk_sync.inbox as i
+                          where i.svix_id = b.svix_id and i.outcome <> 'invalid')
         order by b.svix_id, b.n
     ),
     -- What the database holds for each user before the batch (looked up once per user).
@@ -290,12 +293,19 @@ begin
         where s.last_sign_in_at < excluded.last_sign_in_at
         returning s.user_id
     ),
+    -- A dead letter's row becomes the handled delivery's: it keeps its first received_at (as
+    -- a replay does), and the resend counts as a replay.
     recorded as (
-        insert into clerk_sync.inbox (svix_id, event_type, user_id, outcome, payload)
+        insert into clerk_sync.inbox as i (svix_id, event_type, user_id, outcome, payload)
         select d.svix_id, d.type, d.user_id, d.outcome,
                case when d.kind <> 'ignore' then d.event end
         from decided as d
-        returning svix_id
+        on conflict (svix_id) do update set
+            event_type = excluded.event_type, user_id = excluded.user_id,
+            outcome = excluded.outcome, payload = excluded.payload, error = null,
+            raw_body = null, replayed_at = now(), replays = i.replays + 1
+        where i.outcome = 'invalid'
+        returning i.svix_id
     )
     select b.n, coalesce(d.outcome, 'duplicate')
     from batch as b
@@ -321,7 +331,8 @@ $$;
 
 -- A verified delivery that can never be applied (not JSON, not a Clerk event, or refused by
 -- clerk_sync_apply_batch): kept for inspection as a dead letter, so Svix can be told to stop
--- retrying it.
+-- retrying it. A dead letter refused again keeps the latest body and reason; a handled
+-- delivery's row is never made a dead letter.
 create or replace function public.clerk_sync_record_invalid(
     p_svix_id text,
     p_raw_body bytea,
@@ -332,9 +343,10 @@ language sql
 volatile
 set search_path = ''
 as $$
-    insert into clerk_sync.inbox (svix_id, outcome, error, raw_body)
+    insert into clerk_sync.inbox as i (svix_id, outcome, error, raw_body)
     values (p_svix_id, 'invalid', p_error, p_raw_body)
-    on conflict (svix_id) do nothing
+    on conflict (svix_id) do update set error = excluded.error, raw_body = excluded.raw_body
+    where i.outcome = 'invalid'
 $$;
 
 -- What applying these events would do to each user, against the database now, before anything
