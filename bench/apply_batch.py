@@ -18,7 +18,9 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
@@ -66,20 +68,30 @@ async def measure(dsn: str, sizes: list[int], runs: int) -> None:
         await conn.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 100])
-    parser.add_argument("--runs", type=int, default=30)
+def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The command line, with --database-url (the server to create the database on)."""
     parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
     )
-    args = parser.parse_args()
-    dsn = support.create_database(args.database_url)
+    return parser.parse_args()
+
+
+def on_fresh_database(server_dsn: str, work: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+    """Run `work(dsn)` on a new, migrated database on that server, dropped afterwards."""
+    dsn = support.create_database(server_dsn)
     try:
-        asyncio.run(measure(dsn, args.sizes, args.runs))
+        asyncio.run(work(dsn))
     finally:
-        support.drop_database(args.database_url, dsn)
+        support.drop_database(server_dsn, dsn)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 100])
+    parser.add_argument("--runs", type=int, default=30)
+    args = parse_args(parser)
+    on_fresh_database(args.database_url, lambda dsn: measure(dsn, args.sizes, args.runs))
 
 
 if __name__ == "__main__":

@@ -274,6 +274,11 @@ class Settings(BaseSettings):
     # Inbox rows (the dedupe record) are purged after this many days; never under 2, since
     # dedupe must outlast Svix's ~27 h of retries. Dead letters are kept until replayed.
     retention_days: int = Field(default=30, ge=2, validation_alias="CLERK_SYNC_RETENTION_DAYS")
+    # Payloads of handled deliveries are dropped from their inbox row after this many days (0:
+    # at the next retention pass); dead letters keep theirs.
+    payload_retention_days: int = Field(
+        default=3, ge=0, validation_alias="CLERK_SYNC_PAYLOAD_RETENTION_DAYS"
+    )
 
     @field_validator(
         "webhook_secret",
