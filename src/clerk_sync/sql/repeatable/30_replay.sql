@@ -59,6 +59,10 @@ begin
         v_event := coalesce(v_old.payload, pg_catalog.convert_from(v_old.raw_body, 'UTF8')::jsonb);
         delete from clerk_sync.inbox as i where i.svix_id = p_svix_id;
         new_outcome := public.clerk_sync_apply(p_svix_id, v_event, p_delete_mode);
+        while new_outcome = 'retry' loop  -- its user is busy in another transaction: wait
+            perform pg_catalog.pg_sleep(0.01);
+            new_outcome := public.clerk_sync_apply(p_svix_id, v_event, p_delete_mode);
+        end loop;
         update clerk_sync.inbox as i
         set received_at = v_old.received_at, replayed_at = now(), replays = v_old.replays + 1
         where i.svix_id = p_svix_id
