@@ -8,11 +8,13 @@ backfill too: a newer webhook wins, a deleted user stays deleted, a rerun change
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -513,3 +515,50 @@ def test_the_command_reports_a_refused_prune(bdb: str, standin: StandIn, tmp_pat
     assert result.returncode == 2
     assert "--prune refused: 1 of 4 users (25.0%)" in result.stderr.splitlines()[-1]
     assert user_row(bdb, "user_elsewhere")["deleted_at"] is None
+
+
+@contextlib.contextmanager
+def row_locked(dsn: str, user_id: str, most: float = 20.0) -> Iterator[None]:
+    """An app's open transaction holding `user_id`'s row (`select … for update`), in a thread
+    of its own, for the block (at most `most` seconds)."""
+    locked, done = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            async with conn.transaction():
+                await conn.execute("select * from public.users where id = $1 for update", user_id)
+                locked.set()
+                await asyncio.get_running_loop().run_in_executor(None, done.wait, most)
+        finally:
+            await conn.close()
+
+    holder = threading.Thread(target=asyncio.run, args=(hold(),))
+    holder.start()
+    try:
+        assert locked.wait(10)
+        yield
+    finally:
+        done.set()
+        holder.join()
+
+
+def test_a_user_held_by_another_transaction_is_an_error_and_the_rest_go_on(
+    bdb: str, standin: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    standin.users = clerk_users(50)
+    held = standin.users[5]["id"]
+    support.execute(bdb, f"insert into public.users (id) values ('{held}')")
+    monkeypatch.setattr(backfilling, "LOCKED_RETRIES", 3)
+    notes = io.StringIO()
+    started = time.monotonic()
+    with row_locked(bdb, held):
+        result = run_backfill(bdb, standin, notes=notes)
+        took = time.monotonic() - started
+    assert took < 10  # it did not wait for the app's transaction
+    assert (result.tally.created, result.tally.errors) == (49, 1)
+    assert f"cannot write user {held}: another transaction holds it" in notes.getvalue()
+    assert user_row(bdb, held)["updated_at"] is None
+    # The next run writes it.
+    result = run_backfill(bdb, standin)
+    assert (result.tally.updated, result.tally.errors) == (1, 0)

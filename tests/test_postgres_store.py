@@ -4,12 +4,19 @@ writes, and one event the database refuses does not take its batch down with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
+from clerk_sync.app import WEBHOOK_PATH, create_app_from_settings
 from clerk_sync.events import Outcome, parse_event
+from clerk_sync.settings import Settings
 from clerk_sync.storage import EventRejected
 from clerk_sync.storage.postgres import PostgresStore, _Write
 from tests import support
@@ -90,15 +97,16 @@ def test_a_burst_in_one_batch_matches_one_by_one(db: str, mode: str) -> None:
 
 
 def test_when_a_batch_is_applied_one_by_one_each_answer_is_its_own(db: str) -> None:
-    """A refused event sends its batch through one-by-one writes; a slow one among them must
-    not turn the others' committed writes into 503s (a 503 promises nothing changed)."""
+    """A refused event sends its batch through one-by-one writes; a busy user among them must
+    not turn the others' committed writes into 503s (a 503 promises nothing changed), nor hold
+    them up: its write is handed back (None) to be tried again, and goes through later."""
     bad = b'{"type":"user.updated","data":{"id":"user_bad","updated_at":1,"x":1e-20000}}'
 
     async def go() -> tuple[list[object], float]:
         store = await PostgresStore.open(db, timeout=1.0)
         holder = await asyncpg.connect(db)
         try:
-            # user_slow's write waits for this lock (the write path's per-user lock) for 2 s.
+            # user_slow's lock (the write path's per-user lock) is held here for 2 s.
             await holder.execute("begin")
             await holder.execute("select pg_advisory_xact_lock(1668049779, hashtext('user_slow'))")
             loop = asyncio.get_running_loop()
@@ -112,7 +120,11 @@ def test_when_a_batch_is_applied_one_by_one_each_answer_is_its_own(db: str) -> N
             loop.call_later(2.0, lambda: asyncio.ensure_future(holder.execute("commit")))
             started = loop.time()
             results = await store._apply_batch(batch)
-            return list(results), loop.time() - started
+            took = loop.time() - started
+            # Once the lock is released, tried again (as PostgresStore.apply does), it is written.
+            await asyncio.sleep(now + 2.2 - loop.time())
+            results.append(await store.apply("msg_slow", parse_event(event("user_slow", 1))))
+            return list(results), took
         finally:
             await holder.close()
             await store.close()
@@ -120,8 +132,8 @@ def test_when_a_batch_is_applied_one_by_one_each_answer_is_its_own(db: str) -> N
     results, took = asyncio.run(go())
     assert results[0] == Outcome.APPLIED
     assert isinstance(results[1], EventRejected)
-    assert results[2:] == [Outcome.APPLIED, Outcome.APPLIED]
-    assert took >= 2.0
+    assert results[2:] == [None, Outcome.APPLIED, Outcome.APPLIED]
+    assert took < 1.0
     rows = support.fetch(db, "select id from public.users order by id")
     assert [r["id"] for r in rows] == ["user_first", "user_last", "user_slow"]
 
@@ -192,3 +204,92 @@ def test_a_hard_delete_a_foreign_key_restricts_is_rejected_not_retried(db: str) 
         support.execute(db, "drop table if exists public.app_orders")
     assert isinstance(result, EventRejected)
     assert "23503" in str(result) and "app_orders_user_id_fkey" in str(result)
+
+
+# --- a contended user ----------------------------------------------------------------------------
+
+LOCKED_USER = "user_locked"
+
+
+@contextlib.asynccontextmanager
+async def holding(db: str, how: str) -> AsyncIterator[asyncpg.Connection]:
+    """Another session's open transaction that holds the locked user: its advisory lock (another
+    replica's batch, a backfill page) or its row (an app's `select … for update`)."""
+    conn = await asyncpg.connect(db)
+    try:
+        transaction = conn.transaction()
+        await transaction.start()
+        if how == "advisory":
+            await conn.execute(
+                "select pg_advisory_xact_lock(1668049779, hashtext($1))", LOCKED_USER
+            )
+        else:
+            await conn.execute("select * from public.users where id = $1 for update", LOCKED_USER)
+        yield conn
+        await transaction.rollback()
+    finally:
+        await conn.close()
+
+
+async def timed_post(client: httpx.AsyncClient, key: bytes, body: bytes) -> tuple[int, float]:
+    started = time.perf_counter()
+    response = await client.post(
+        WEBHOOK_PATH, content=body, headers=support.signed_headers(key, body)
+    )
+    return response.status_code, time.perf_counter() - started
+
+
+async def deliver_around_the_locked_user(
+    db: str, secret: tuple[str, bytes], tmp_path: Path, how: str, release_after: float | None
+) -> tuple[list[tuple[int, float]], tuple[int, float]]:
+    """30 deliveries for other users and one for the locked user, sent together: the answers of
+    the 30 and of the locked one."""
+    settings = Settings(
+        webhook_secret=secret[0], database_url=db, data_dir=tmp_path, db_timeout=DB_TIMEOUT
+    )
+    app = create_app_from_settings(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://clerk-sync") as client:
+            async with holding(db, how):
+                others = [
+                    timed_post(client, secret[1], event(f"user_other_{n}", 10)) for n in range(30)
+                ]
+                locked = asyncio.create_task(timed_post(client, secret[1], event(LOCKED_USER, 10)))
+                answers = await asyncio.gather(*others)
+                if release_after is None:
+                    return answers, await locked
+                await asyncio.sleep(release_after)
+            return answers, await locked
+
+
+DB_TIMEOUT = 5.0
+
+
+@pytest.mark.parametrize("how", ["advisory", "row"])
+def test_a_user_held_elsewhere_holds_up_nobody_else(
+    db: str, secret: tuple[str, bytes], tmp_path: Path, how: str
+) -> None:
+    support.execute(db, f"insert into public.users (id) values ('{LOCKED_USER}')")
+    answers, (status, elapsed) = asyncio.run(
+        deliver_around_the_locked_user(db, secret, tmp_path, how, release_after=None)
+    )
+    assert [s for s, _ in answers] == [200] * 30
+    assert max(t for _, t in answers) < 3, answers  # not the 5 s of the locked one's deadline
+    # The locked user's own delivery: 503 by its deadline, not applied.
+    assert status == 503 and DB_TIMEOUT - 1 < elapsed < DB_TIMEOUT + 1, elapsed
+    rows = support.fetch(db, "select count(*) as n from clerk_sync.inbox")
+    assert rows == [{"n": 30}]
+
+
+def test_a_user_released_in_time_is_written(
+    db: str, secret: tuple[str, bytes], tmp_path: Path
+) -> None:
+    support.execute(db, f"insert into public.users (id) values ('{LOCKED_USER}')")
+    answers, (status, elapsed) = asyncio.run(
+        deliver_around_the_locked_user(db, secret, tmp_path, "row", release_after=1.0)
+    )
+    assert [s for s, _ in answers] == [200] * 30
+    assert status == 200 and 1.0 <= elapsed < DB_TIMEOUT, elapsed
+    [row] = support.fetch(db, "select updated_at from public.users where id = $1", LOCKED_USER)
+    assert row["updated_at"] is not None

@@ -176,5 +176,149 @@ def test_purge_command(db: str, tmp_path: Path) -> None:
 
     result = run_cli(tmp_path, "purge", "--older-than", "48h", "--dead-letters", DATABASE_URL=db)
     assert result.returncode == 0, result
-    assert result.stdout.strip() == "purged 2 inbox rows older than 2 days"
+    assert result.stdout.splitlines() == [
+        "purged 2 inbox rows older than 2 days",
+        "dropped 0 payloads of deliveries older than 3 days (dead letters keep theirs)",
+    ]
     assert remaining(db) == {"recent_dead_letter", "new"}
+
+
+# --- payload retention ---------------------------------------------------------------------------
+
+# svix-id → (outcome, age): each with its content (a payload, or a dead letter's raw body)
+WITH_PAYLOADS = {
+    "applied_4d": ("applied", "4 days"),
+    "stale_3d": ("stale", "3 days 1 minute"),
+    "applied_2d": ("applied", "2 days"),
+    "dead_letter_10d": ("invalid", "10 days"),
+    "new": ("applied", "1 minute"),
+}
+
+
+def add_deliveries(db: str, rows: dict[str, tuple[str, str]]) -> None:
+    """Rows as add_rows makes them, each with its content: a payload, or a dead letter's body."""
+    add_rows(db, rows)
+    for svix_id in rows:
+        event = support.dumps(
+            support.user_event("user.updated", f"user_{svix_id}", 1_700_000_000_000)
+        )
+        support.fetch(
+            db,
+            """update clerk_sync.inbox
+               set event_type = 'user.updated', user_id = 'user_' || svix_id,
+                   payload = case when outcome <> 'invalid' then $2::text::jsonb end,
+                   raw_body = case when outcome = 'invalid' then convert_to($2, 'UTF8') end
+               where svix_id = $1""",
+            svix_id,
+            event.decode(),
+        )
+
+
+def with_payload(db: str) -> set[str]:
+    rows = support.fetch(
+        db, "select svix_id from clerk_sync.inbox where payload is not null or raw_body is not null"
+    )
+    return {r["svix_id"] for r in rows}
+
+
+def drop_payloads(db: str, days: float, *, batch: int = 5000) -> int:
+    async def go() -> int:
+        conn = await asyncpg.connect(db)
+        try:
+            return await retention.drop_expired_payloads(conn, days, batch=batch)
+        finally:
+            await conn.close()
+
+    return int(support.run(go()))
+
+
+def test_payloads_go_after_their_days_and_the_rows_stay(db: str) -> None:
+    add_deliveries(db, WITH_PAYLOADS)
+    before = support.fetch(
+        db, "select svix_id, event_type, user_id, outcome, received_at from clerk_sync.inbox"
+    )
+    assert drop_payloads(db, 3, batch=1) == 2  # in chunks of one
+    assert with_payload(db) == {"applied_2d", "dead_letter_10d", "new"}
+    # Everything but the payload is kept, for the row's whole retention.
+    after = support.fetch(
+        db, "select svix_id, event_type, user_id, outcome, received_at from clerk_sync.inbox"
+    )
+    assert sorted(after, key=str) == sorted(before, key=str)
+    assert drop_payloads(db, 3) == 0
+    # 0 keeps none: every payload goes but the dead letter's.
+    assert drop_payloads(db, 0) == 2
+    assert with_payload(db) == {"dead_letter_10d"}
+    with pytest.raises(asyncpg.InvalidParameterValueError, match="0 days or more"):
+        support.fetch(db, "select public.clerk_sync_drop_payloads(interval '-1 day', 10)")
+
+
+def test_a_replay_of_a_delivery_whose_payload_is_gone_says_so(db: str, tmp_path: Path) -> None:
+    add_deliveries(db, WITH_PAYLOADS)
+    assert drop_payloads(db, 3) == 2
+    result = run_cli(
+        tmp_path, "replay", "--since", "5d", "--until", "1d", "--dry-run", DATABASE_URL=db
+    )
+    assert result.returncode == 1, result  # some events could not be replayed
+    lines = result.stdout.splitlines()
+    gone = [line for line in lines if "payload was dropped" in line]
+    assert len(gone) == 2 and any("applied_4d" in line for line in gone), result.stdout
+    assert any("stale_3d" in line for line in gone), result.stdout
+    assert any("applied_2d" in line and "payload" not in line for line in lines), result.stdout
+    # Nothing was written: the rows are as they were.
+    assert with_payload(db) == {"applied_2d", "dead_letter_10d", "new"}
+
+
+def test_the_retention_loop_drops_payloads_in_the_background(db: str) -> None:
+    add_deliveries(db, WITH_PAYLOADS)
+
+    async def go() -> None:
+        task = asyncio.create_task(
+            retention.retention_loop(db, 30, interval_s=0.05, payload_days=3)
+        )
+        try:
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if drop_payloads_done(await _with_payload(db)):
+                    break
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    support.run(go())
+    assert with_payload(db) == {"applied_2d", "dead_letter_10d", "new"}
+
+
+def drop_payloads_done(kept: set[str]) -> bool:
+    return "applied_4d" not in kept and "stale_3d" not in kept
+
+
+async def _with_payload(db: str) -> set[str]:
+    conn = await asyncpg.connect(db)
+    try:
+        rows = await conn.fetch(
+            "select svix_id from clerk_sync.inbox where payload is not null or raw_body is not null"
+        )
+        return {r[0] for r in rows}
+    finally:
+        await conn.close()
+
+
+def test_the_purge_command_drops_payloads_too(db: str, tmp_path: Path) -> None:
+    add_deliveries(db, WITH_PAYLOADS)
+    result = run_cli(tmp_path, "purge", DATABASE_URL=db, CLERK_SYNC_PAYLOAD_RETENTION_DAYS="1")
+    assert result.returncode == 0, result
+    assert result.stdout.splitlines()[1] == (
+        "dropped 3 payloads of deliveries older than 1 days (dead letters keep theirs)"
+    )
+    assert with_payload(db) == {"dead_letter_10d", "new"}
+
+
+def test_payload_retention_days_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CLERK_SYNC_PAYLOAD_RETENTION_DAYS", raising=False)
+    assert load_settings().payload_retention_days == 3
+    monkeypatch.setenv("CLERK_SYNC_PAYLOAD_RETENTION_DAYS", "0")
+    assert load_settings().payload_retention_days == 0
+    monkeypatch.setenv("CLERK_SYNC_PAYLOAD_RETENTION_DAYS", "-1")
+    with pytest.raises(ConfigError, match=r"^CLERK_SYNC_PAYLOAD_RETENTION_DAYS: "):
+        load_settings()

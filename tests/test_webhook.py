@@ -561,6 +561,69 @@ def test_unsupported_type_is_ignored_and_recorded(
     }
 
 
+def refuse_users_with(db: str, message: str) -> None:
+    """A trigger of the app's that refuses every new row in public.users with a class-22 error:
+    a dead letter today, and a cause that can be fixed (drop it)."""
+    support.execute(
+        db,
+        f"""
+        create or replace function public.test_refuse_users() returns trigger
+        language plpgsql as $$
+        begin
+            raise exception '{message}' using errcode = '22023';
+        end
+        $$;
+        create or replace trigger test_refuse_users before insert on public.users
+        for each row execute function public.test_refuse_users();
+        """,
+    )
+
+
+def test_a_resend_of_a_dead_letter_is_handled_again(
+    client: TestClient, secret: tuple[str, bytes], db: str
+) -> None:
+    event = mapped_event()
+    try:
+        refuse_users_with(db, "refused by the app")
+        first = deliver(client, secret[1], event, "msg_resend")
+        assert first.status_code == 400, first.text
+        assert first.headers["webhook-delivery"] == "abort-message"
+        [dead] = inbox(db)
+        assert (dead["outcome"], dead["replays"]) == ("invalid", 0)
+        assert "refused by the app" in dead["error"]
+        # Refused again, for another reason: still one dead letter, with the reason found now.
+        refuse_users_with(db, "refused again")
+        assert deliver(client, secret[1], event, "msg_resend").status_code == 400
+        [again] = inbox(db)
+        assert again["outcome"] == "invalid"
+        assert "refused again" in again["error"]
+        assert again["raw_body"] == support.dumps(event)
+    finally:
+        support.execute(
+            db,
+            "drop trigger if exists test_refuse_users on public.users;"
+            " drop function if exists public.test_refuse_users()",
+        )
+    # The cause fixed, Clerk's dashboard resends the same svix-id: applied, not a duplicate.
+    response = deliver(client, secret[1], event, "msg_resend")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"outcome": "applied"}
+    assert [row["id"] for row in users(db)] == ["user_map"]
+    [handled] = inbox(db)
+    assert (handled["outcome"], handled["event_type"], handled["user_id"]) == (
+        "applied",
+        "user.created",
+        "user_map",
+    )
+    assert (handled["error"], handled["raw_body"]) == (None, None)
+    assert handled["payload"] is not None
+    # The first arrival's time is kept; the resend counts as a replay.
+    assert handled["received_at"] == dead["received_at"]
+    assert handled["replays"] == 1 and handled["replayed_at"] is not None
+    # Handled now: the next resend is a duplicate.
+    assert deliver(client, secret[1], event, "msg_resend").json() == {"outcome": "duplicate"}
+
+
 # --- failed-verification limiter ---------------------------------------------------------------
 
 

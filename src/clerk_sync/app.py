@@ -184,6 +184,7 @@ def create_app_from_settings(settings: Settings, dsn: str | None = None) -> Star
             return retention_loop(
                 backend.dsn,
                 settings.retention_days,
+                payload_days=settings.payload_retention_days,
                 prepared_statements=settings.prepared_statements,
             )
 

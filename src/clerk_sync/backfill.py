@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Protocol, TextIO
 
@@ -69,6 +70,16 @@ order by event_index
 """
 
 APPLY_ONE_SQL = "select public.clerk_sync_apply($1, $2::jsonb, $3)"
+
+# The write path never waits for a user's lock or row: a user another transaction is writing
+# (a webhook batch, an app's open transaction) is answered 'retry'. The page tries those users
+# again this often, for about a second (it holds its other users' locks meanwhile), then counts
+# each still busy as an error: the next run writes it.
+LOCKED_RETRY_S = 0.02
+LOCKED_RETRIES = 50
+# A page that deadlocks anyway (on a lock outside the write path's) is written again from the
+# start, this many times.
+DEADLOCK_RETRIES = 3
 
 RECORD_SEEN_SQL = """
 insert into clerk_sync.backfill_seen (run_id, user_id)
@@ -432,7 +443,11 @@ async def _list_and_write(
             fetching = None
             if len(users) >= PAGE_LIMIT:
                 fetching = asyncio.create_task(clerk.list_users(offset + len(users)))
-            page = await _write_page(conn, run_state, users, offset, options, reporter)
+            page = await _again_on_deadlock(
+                functools.partial(_write_page, conn, run_state, users, offset, options, reporter),
+                offset,
+                reporter,
+            )
             run_state.tally.add(page)
             offset += len(users)
             if users:
@@ -458,6 +473,19 @@ def _listed(user: User) -> _Listed:
     # The same user at the same version always gets the same id, so a rerun is a duplicate.
     svix_id = f"backfill:{user_id}:{updated_at}:{user.get('last_sign_in_at') or 0}"
     return _Listed(str(user_id), svix_id, orjson.dumps(event).decode())
+
+
+async def _again_on_deadlock(
+    write: Callable[[], Awaitable[Tally]], offset: int, reporter: Reporter
+) -> Tally:
+    """Write a page (`write`), again from the start when PostgreSQL broke a deadlock by rolling
+    it back."""
+    for attempt in range(DEADLOCK_RETRIES):
+        try:
+            return await write()
+        except asyncpg.DeadlockDetectedError:
+            reporter.note(f"the page at offset {offset} deadlocked (attempt {attempt + 1}); again")
+    return await write()
 
 
 async def _write_page(
@@ -538,8 +566,26 @@ async def _classify(
 async def _apply(
     conn: asyncpg.Connection, writes: Sequence[_Listed], delete_mode: str, reporter: Reporter
 ) -> dict[str, str | None]:
-    """Each write's outcome (None: refused, see `database.refuses`), in one statement when all
-    is well, else one by one."""
+    """Each write's outcome (None: refused, see `database.refuses`, or busy too long), in one statement when all is well;
+    users busy in another transaction are tried again for a while (LOCKED_RETRIES)."""
+    outcomes = await _apply_once(conn, writes, delete_mode, reporter)
+    for _ in range(LOCKED_RETRIES):
+        busy = [w for w in writes if outcomes[w.user_id] == "retry"]
+        if not busy:
+            return outcomes
+        await asyncio.sleep(LOCKED_RETRY_S)
+        outcomes.update(await _apply_once(conn, busy, delete_mode, reporter))
+    for w in writes:
+        if outcomes[w.user_id] == "retry":
+            reporter.note(f"cannot write user {w.user_id}: another transaction holds it")
+            outcomes[w.user_id] = None
+    return outcomes
+
+
+async def _apply_once(
+    conn: asyncpg.Connection, writes: Sequence[_Listed], delete_mode: str, reporter: Reporter
+) -> dict[str, str | None]:
+    """Each write's outcome ('retry': its user is busy), one statement when all is well."""
     if not writes:
         return {}
     svix_ids = [w.svix_id for w in writes]

@@ -627,7 +627,8 @@ def purge(
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Delete inbox rows older than the retention period (the server also does it hourly).
+    """Delete inbox rows older than the retention period, and drop the payloads of handled
+    deliveries older than CLERK_SYNC_PAYLOAD_RETENTION_DAYS (the server also does it hourly).
 
     Dead letters are kept unless --dead-letters. Never under 2 days: Svix retries for ~27 h.
     """
@@ -644,19 +645,25 @@ def purge(
     except (BadTime, retention.RetentionTooShort) as exc:
         raise ConfigError(f"--older-than: {exc}") from None
 
-    async def go(conn: asyncpg.Connection) -> int:
-        return await retention.purge_expired(conn, period, dead_letters=dead_letters)
+    payload_days = settings.payload_retention_days
+
+    async def go(conn: asyncpg.Connection) -> tuple[int, int]:
+        return await retention.retention_pass(conn, period, payload_days, dead_letters=dead_letters)
 
     with direct_database(settings) as dsn:
-        deleted = on_database(
+        deleted, dropped = on_database(
             settings,
             dsn,
             go,
             "purge the inbox",
-            schema_version=migrations.REPLAY_VERSION,
+            schema_version=migrations.PAYLOAD_RETENTION_VERSION,
         )
     kept = "" if dead_letters else "; dead letters kept (--dead-letters to purge them too)"
     typer.echo(f"purged {deleted} inbox rows older than {_describe_period(period)}{kept}")
+    typer.echo(
+        f"dropped {dropped} payloads of deliveries older than {payload_days} days"
+        " (dead letters keep theirs)"
+    )
 
 
 def _describe_period(period: dt.timedelta) -> str:

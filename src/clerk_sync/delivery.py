@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 
 from clerk_sync import metrics
-from clerk_sync.events import NotAClerkEvent, Outcome, parse_event
+from clerk_sync.events import NOT_A_CLERK_EVENT, NotAClerkEvent, Outcome, parse_event
 from clerk_sync.limits import FailedVerificationLimiter
 from clerk_sync.storage import EventRejected, Store, StoreUnavailable
 from clerk_sync.verify import VerificationError, Verifier
@@ -146,7 +146,7 @@ class DeliveryHandler:
                     started,
                     line,
                     *await self._dead_letter(
-                        message_id, body, error, f"not a Clerk event: {error}"
+                        message_id, body, error, f"{NOT_A_CLERK_EVENT}{error}"
                     ),
                 )
             # Item by item, here and in _finish: `update(**fields)` builds a dict of its own.
@@ -162,7 +162,10 @@ class DeliveryHandler:
             except EventRejected as exc:
                 # A constraint or trigger of the app's: kept until the cause is fixed and the
                 # event replayed. The description names the constraint, never the row's values.
-                line["error"] = error = f"the database refused it: {exc}"
+                error = str(exc)
+                if not error.startswith(NOT_A_CLERK_EVENT):  # the write path's own checks
+                    error = f"the database refused it: {error}"
+                line["error"] = error
                 return self._finish(
                     started, line, *await self._dead_letter(message_id, body, error, error)
                 )

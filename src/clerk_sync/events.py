@@ -59,6 +59,11 @@ class Outcome(StrEnum):
     IGNORED = "ignored"
 
 
+# How an answer starts for a body that is no Clerk event: Python's shape checks here and the
+# write path's data checks (sql/repeatable/20_write_path.sql, which raises it) both say it.
+NOT_A_CLERK_EVENT = "not a Clerk event: "
+
+
 class NotAClerkEvent(Refused):
     """A verified body that can never be applied; the message says why."""
 

@@ -27,12 +27,13 @@ if TYPE_CHECKING:
 REPLAY_SQL = "select * from public.clerk_sync_replay($1, $2, $3)"
 
 # Events received in a time range, oldest first; events clerk-sync ignores are kept without
-# their content, so there is nothing to replay for them.
+# their content, so there is nothing to replay for them. Those whose payload retention dropped
+# are chosen, and each says so.
 IN_RANGE_SQL = """
 select svix_id from clerk_sync.inbox
 where ($1::timestamptz is null or received_at >= $1)
   and ($2::timestamptz is null or received_at < $2)
-  and (payload is not null or raw_body is not null)
+  and (payload is not null or raw_body is not null or outcome <> 'ignored')
 order by received_at, svix_id
 """
 
@@ -50,7 +51,7 @@ class Replayed:
     type: str | None
     user_id: str | None
     old_outcome: str | None  # None: no such svix-id
-    new_outcome: str  # applied | stale | ignored | invalid | missing
+    new_outcome: str  # applied | stale | ignored | invalid | missing (or its payload dropped)
     reason: str | None  # why it is invalid, missing, or was not replayed
 
     @property

@@ -285,6 +285,11 @@ class Settings(BaseSettings):
     max_body_bytes_in_flight: int = Field(
         default=16 * 1024 * 1024, ge=1024, validation_alias="CLERK_SYNC_MAX_BODY_BYTES_IN_FLIGHT"
     )
+    # Payloads of handled deliveries are dropped from their inbox row after this many days (0:
+    # at the next retention pass); dead letters keep theirs.
+    payload_retention_days: int = Field(
+        default=3, ge=0, validation_alias="CLERK_SYNC_PAYLOAD_RETENTION_DAYS"
+    )
 
     @field_validator(
         "webhook_secret",

@@ -8,6 +8,7 @@ https://www.postgresql.org/docs/current/errcodes-appendix.html
 
 from __future__ import annotations
 
+from clerk_sync.events import NOT_A_CLERK_EVENT
 from clerk_sync.logs import mask
 
 # SQLSTATE classes (the first two characters) by what they mean for the caller.
@@ -103,5 +104,7 @@ def describe_failure(
         if value
     ]
     where = ", ".join([sqlstate, *([kind] if kind else []), *names])
+    if text.startswith(NOT_A_CLERK_EVENT):  # the write path's own check: it says it all
+        condition = ""
     said = f"{condition}: {text}" if condition and text else condition or text
     return f"{said} ({where})" if said else f"SQLSTATE {where}"

@@ -20,6 +20,16 @@ USER_COLUMNS = (
     "created_at", "updated_at", "last_sign_in_at", "deleted_at",
 )  # fmt: skip
 
+# The write path answers 'retry' for an event whose user another transaction is writing (its
+# lock or its row held): it never waits for one, so the rest of a batch goes ahead. The store
+# tries that event again on its own, this often, until its own deadline, then answers 503.
+RETRY = "retry"
+LOCKED_RETRY_S = 0.02
+BUSY_USER = (
+    "the user's row or lock stayed held by another transaction (a backfill, an open transaction "
+    "of the app's?) past the deadline; Svix will retry"
+)
+
 
 class StoreUnavailable(DatabaseUnavailable):
     """The database is down, too slow, or not ready: the delivery should be retried later."""

@@ -27,7 +27,15 @@ from clerk_sync.database import (
 )
 from clerk_sync.events import ClerkEvent, Outcome
 from clerk_sync.migrations import current_version, latest_version
-from clerk_sync.storage.base import USER_COLUMNS, EventRejected, StoredUser, StoreUnavailable
+from clerk_sync.storage.base import (
+    BUSY_USER,
+    LOCKED_RETRY_S,
+    RETRY,
+    USER_COLUMNS,
+    EventRejected,
+    StoredUser,
+    StoreUnavailable,
+)
 from clerk_sync.storage.group_commit import GroupCommitter
 
 log = logging.getLogger("clerk_sync.storage")
@@ -56,7 +64,7 @@ where u.id = $1
 # runs share the next one (up to MAX_BATCH). A batch statement has a fixed cost, so fewer, larger
 # batches do more per second (measured with bench/run.py: ~4,400/s with one in flight, ~3,600/s
 # with two, ~2,900/s with four). Every batch still ends by its earliest caller's deadline, so a
-# stuck one cannot hold the others past it.
+# stuck one cannot hold the others past it; a batch never waits for a lock (see RETRY).
 MAX_WRITES_IN_FLIGHT = 1
 MAX_BATCH = 100
 
@@ -95,7 +103,8 @@ class PostgresStore:
         self._reopen_unprepared = reopen_unprepared
         self._reopening = asyncio.Lock()
         self._retired: set[asyncio.Task[None]] = set()
-        self._writer: GroupCommitter[_Write, Outcome] = GroupCommitter(
+        # None: the event's user was busy (RETRY), it goes again on its own.
+        self._writer: GroupCommitter[_Write, Outcome | None] = GroupCommitter(
             self._apply_batch, max_in_flight=MAX_WRITES_IN_FLIGHT, max_batch=MAX_BATCH
         )
 
@@ -189,9 +198,19 @@ class PostgresStore:
         return asyncio.get_running_loop().time() + self._timeout
 
     async def apply(self, message_id: str, event: ClerkEvent) -> Outcome:
-        return await self._writer.submit(_Write(message_id, event, self._deadline()))
+        write = _Write(message_id, event, self._deadline())
+        outcome = await self._writer.submit(write)
+        while outcome is None:  # its user is busy elsewhere: alone now, by its own deadline
+            if asyncio.get_running_loop().time() + LOCKED_RETRY_S >= write.deadline:
+                raise StoreUnavailable(BUSY_USER)
+            await asyncio.sleep(LOCKED_RETRY_S)
+            result = await self._apply_one(write)
+            if isinstance(result, Exception):
+                raise result
+            outcome = result
+        return outcome
 
-    async def _apply_batch(self, batch: list[_Write]) -> list[Outcome | Exception]:
+    async def _apply_batch(self, batch: list[_Write]) -> list[Outcome | Exception | None]:
         if len(batch) > 1:
             ids = [write.message_id for write in batch]
             bodies = [write.event.body for write in batch]
@@ -203,10 +222,10 @@ class PostgresStore:
             except (EventRejected, asyncpg.PostgresError):
                 pass  # one event spoiled the batch: nothing was written; apply each on its own
             else:
-                return [Outcome(row[0]) for row in rows]
+                return [None if row[0] == RETRY else Outcome(row[0]) for row in rows]
         return [await self._apply_one(write) for write in batch]
 
-    async def _apply_one(self, write: _Write) -> Outcome | Exception:
+    async def _apply_one(self, write: _Write) -> Outcome | Exception | None:
         try:
             rows = await self._fetch(
                 write.deadline,
@@ -220,7 +239,7 @@ class PostgresStore:
         except asyncpg.PostgresError as exc:
             # Anything else (a deadlock, a failover, a missing grant): a retry may settle it.
             return StoreUnavailable(f"database error: {describe_error(exc)}")
-        return Outcome(rows[0][0])
+        return None if rows[0][0] == RETRY else Outcome(rows[0][0])
 
     async def record_invalid(self, message_id: str, body: bytes, error: str) -> None:
         try:

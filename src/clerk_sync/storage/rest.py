@@ -21,7 +21,15 @@ import orjson
 from clerk_sync.events import ClerkEvent, Outcome
 from clerk_sync.migrations import latest_version
 from clerk_sync.sqlstate import describe_failure, refuses_event
-from clerk_sync.storage.base import USER_COLUMNS, EventRejected, StoredUser, StoreUnavailable
+from clerk_sync.storage.base import (
+    BUSY_USER,
+    LOCKED_RETRY_S,
+    RETRY,
+    USER_COLUMNS,
+    EventRejected,
+    StoredUser,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("clerk_sync.storage")
 
@@ -104,10 +112,23 @@ class RestStore:
         deadline = asyncio.get_running_loop().time() + self._timeout
         _delivery_deadline.set(deadline)
         result = await self._call("clerk_sync_apply", body, deadline=deadline)
+        if result == RETRY:
+            result = await self._apply_busy(body, deadline)
         try:
             return Outcome(result)
         except ValueError:
             raise StoreUnavailable(f"unexpected answer from Supabase: {result!r:.100}") from None
+
+    async def _apply_busy(self, body: bytes, deadline: float) -> Any:
+        """The event's user is busy in another transaction: the call again, every
+        LOCKED_RETRY_S, within the delivery's budget."""
+        loop = asyncio.get_running_loop()
+        while loop.time() + LOCKED_RETRY_S < deadline:
+            await asyncio.sleep(LOCKED_RETRY_S)
+            result = await self._call("clerk_sync_apply", body, deadline=deadline)
+            if result != RETRY:
+                return result
+        raise StoreUnavailable(BUSY_USER)
 
     async def record_invalid(self, message_id: str, body: bytes, error: str) -> None:
         arguments = {"p_svix_id": message_id, "p_raw_body": "\\x" + body.hex(), "p_error": error}

@@ -93,9 +93,12 @@ $$;
 -- Apply a batch of verified Clerk events in one transaction, exactly once each, with the same
 -- result as applying them one after another in the order given. Returns each event's outcome:
 --   'applied'   the database changed
---   'duplicate' this svix-id was handled before (or earlier in the batch)
+--   'duplicate' this svix-id was handled before (or earlier in the batch); a dead letter
+--               (outcome 'invalid') was not handled: a resend of its svix-id is applied
 --   'stale'     the event is older than what the database holds, or its user was deleted
 --   'ignored'   an event type clerk-sync does not sync (recorded, nothing else changes)
+--   'retry'     its user is being written elsewhere (its lock, or its row in public.users, is
+--               held by another transaction): nothing recorded; the caller submits it again
 -- p_delete_mode is 'soft' (set users.deleted_at, keep the row) or 'hard' (remove the row).
 -- A batch with any event that cannot be applied is refused whole (SQLSTATE 22023, with the
 -- first such event's problem as the message).
@@ -118,21 +121,40 @@ set enable_seqscan = off
 as $$
 declare
     v_problem text;
-    v_locks integer[];
+    v_busy integer[];
+    v_users text[];
 begin
-    -- The batch's first problem, and the locks it needs: one writer per user at a time (per
-    -- svix-id for other events), taken in one global order (ascending) so that batches cannot
-    -- deadlock. The statement below runs after every lock is held, so it sees every earlier
-    -- commit for these users; concurrent deliveries of the same svix-id serialize here too.
+    -- The batch's first problem, and its locks: one writer per user at a time (per svix-id for
+    -- other events). Each is only tried, never waited for: a user whose lock another
+    -- transaction holds (another replica's batch, a backfill page, an operator) must not hold
+    -- up everyone else's deliveries. Its events are answered 'retry' (v_busy: their lock keys)
+    -- and the rest go ahead. The statement below runs with every other lock held, so it sees
+    -- every earlier commit for these users; deliveries of the same svix-id take turns too.
     select (pg_catalog.array_agg(b.problem order by b.n) filter (where b.problem is not null))[1],
-           pg_catalog.array_agg(distinct pg_catalog.hashtext(coalesce(b.user_id, b.svix_id)))
-    into v_problem, v_locks
-    from clerk_sync.batch_events(p_svix_ids, p_events) as b;
+           pg_catalog.array_agg(distinct b.key) filter (where not b.locked),
+           pg_catalog.array_agg(distinct b.user_id) filter (where b.locked and b.kind <> 'ignore')
+    into v_problem, v_busy, v_users
+    from (
+        select e.n, e.problem, e.user_id, e.kind, e.key,
+               pg_catalog.pg_try_advisory_xact_lock(1668049779, e.key) as locked  -- 'clrk'
+        from (select b.*, pg_catalog.hashtext(coalesce(b.user_id, b.svix_id)) as key
+              from clerk_sync.batch_events(p_svix_ids, p_events) as b) as e
+        offset 0
+    ) as b;
     if v_problem is not null then
-        raise exception '%', v_problem using errcode = '22023';
+        raise exception 'not a Clerk event: %', v_problem using errcode = '22023';
     end if;
-    perform pg_catalog.pg_advisory_xact_lock(1668049779, l.key)  -- 'clrk'
-    from pg_catalog.unnest(v_locks) as l(key);
+    -- The users' rows: one an app's own transaction holds (select ... for update) would make
+    -- the write below wait, with the whole batch. They are locked now, or their events retried.
+    with locked as materialized (
+        select u.id from public.users as u
+        where u.id = any(v_users)
+        for no key update skip locked
+    )
+    select coalesce(v_busy, '{}') || coalesce(pg_catalog.array_agg(pg_catalog.hashtext(u.id)), '{}')
+    into v_busy
+    from public.users as u
+    where u.id = any(v_users) and u.id not in (select locked.id from locked);
 
     return query
     with batch as (
@@ -140,11 +162,14 @@ begin
         select b.n, b.svix_id, b.event, b.type, b.kind, b.user_id, b.version, b.sign_in
         from clerk_sync.batch_events(p_svix_ids, p_events) as b
     ),
-    -- Each svix-id's first delivery in the batch, unless an earlier one was handled.
+    -- Each svix-id's first delivery in the batch, unless an earlier one was handled (a dead
+    -- letter was not: its resend is handled now) or its user is busy.
     fresh as (
         select distinct on (b.svix_id) b.*
         from batch as b
-        where not exists (select 1 from clerk_sync.inbox as i where i.svix_id = b.svix_id)
+        where not exists (select 1 from clerk_sync.inbox as i
+                          where i.svix_id = b.svix_id and i.outcome <> 'invalid')
+          and not pg_catalog.hashtext(coalesce(b.user_id, b.svix_id)) = any(v_busy)
         order by b.svix_id, b.n
     ),
     -- What the database holds for each user before the batch (looked up once per user).
@@ -290,14 +315,24 @@ begin
         where s.last_sign_in_at < excluded.last_sign_in_at
         returning s.user_id
     ),
+    -- A dead letter's row becomes the handled delivery's: it keeps its first received_at (as
+    -- a replay does), and the resend counts as a replay.
     recorded as (
-        insert into clerk_sync.inbox (svix_id, event_type, user_id, outcome, payload)
+        insert into clerk_sync.inbox as i (svix_id, event_type, user_id, outcome, payload)
         select d.svix_id, d.type, d.user_id, d.outcome,
                case when d.kind <> 'ignore' then d.event end
         from decided as d
-        returning svix_id
+        on conflict (svix_id) do update set
+            event_type = excluded.event_type, user_id = excluded.user_id,
+            outcome = excluded.outcome, payload = excluded.payload, error = null,
+            raw_body = null, replayed_at = now(), replays = i.replays + 1
+        where i.outcome = 'invalid'
+        returning i.svix_id
     )
-    select b.n, coalesce(d.outcome, 'duplicate')
+    select b.n,
+           case when d.n is not null then d.outcome
+                when pg_catalog.hashtext(coalesce(b.user_id, b.svix_id)) = any(v_busy) then 'retry'
+                else 'duplicate' end
     from batch as b
     left join decided as d on d.n = b.n
     order by b.n;
@@ -321,7 +356,8 @@ $$;
 
 -- A verified delivery that can never be applied (not JSON, not a Clerk event, or refused by
 -- clerk_sync_apply_batch): kept for inspection as a dead letter, so Svix can be told to stop
--- retrying it.
+-- retrying it. A dead letter refused again keeps the latest body and reason; a handled
+-- delivery's row is never made a dead letter.
 create or replace function public.clerk_sync_record_invalid(
     p_svix_id text,
     p_raw_body bytea,
@@ -332,9 +368,10 @@ language sql
 volatile
 set search_path = ''
 as $$
-    insert into clerk_sync.inbox (svix_id, outcome, error, raw_body)
+    insert into clerk_sync.inbox as i (svix_id, outcome, error, raw_body)
     values (p_svix_id, 'invalid', p_error, p_raw_body)
-    on conflict (svix_id) do nothing
+    on conflict (svix_id) do update set error = excluded.error, raw_body = excluded.raw_body
+    where i.outcome = 'invalid'
 $$;
 
 -- What applying these events would do to each user, against the database now, before anything

@@ -2,7 +2,8 @@
 -- public.clerk_sync_apply, the webhooks' own write path (sql/repeatable/20_write_path.sql), so
 -- every guarantee holds for a replay too: an old event finds a newer row and is stale, a deleted
 -- user stays deleted, and an event the write path refuses stays a dead letter. The server purges
--- old inbox rows in the background (public.clerk_sync_purge_inbox).
+-- old inbox rows (public.clerk_sync_purge_inbox) and old payloads
+-- (public.clerk_sync_drop_payloads) in the background.
 --
 -- Repeatable: `migrate` runs this file again whenever its content changes.
 
@@ -10,7 +11,8 @@
 -- raw body of a dead letter, parsed again), remove its inbox row so that the write path does not
 -- answer 'duplicate', and apply it with the same svix-id. The new inbox row keeps the original
 -- received_at. Returns one row: the event's type and user, its outcome before and after, and why
--- it could not be applied ('invalid', 'missing') or was not replayed.
+-- it could not be applied ('invalid'; 'missing': no such svix-id, or its payload was dropped
+-- by payload retention) or was not replayed.
 -- A dry run does all of that, then undoes it (a savepoint rolled back), and answers the same.
 create or replace function public.clerk_sync_replay(
     p_svix_id text,
@@ -40,10 +42,15 @@ begin
     event_type := v_old.event_type;
     user_id := v_old.user_id;
     old_outcome := v_old.outcome;
-    if v_old.payload is null and v_old.raw_body is null then
+    if v_old.payload is null and v_old.raw_body is null and v_old.outcome = 'ignored' then
         -- Event types clerk-sync ignores are recorded without their content.
         new_outcome := v_old.outcome;
         reason := 'not replayed: its content was not kept';
+        return next;
+        return;
+    elsif v_old.payload is null and v_old.raw_body is null then
+        new_outcome := 'missing';
+        reason := 'not replayed: its payload was dropped after CLERK_SYNC_PAYLOAD_RETENTION_DAYS';
         return next;
         return;
     end if;
@@ -52,6 +59,10 @@ begin
         v_event := coalesce(v_old.payload, pg_catalog.convert_from(v_old.raw_body, 'UTF8')::jsonb);
         delete from clerk_sync.inbox as i where i.svix_id = p_svix_id;
         new_outcome := public.clerk_sync_apply(p_svix_id, v_event, p_delete_mode);
+        while new_outcome = 'retry' loop  -- its user is busy in another transaction: wait
+            perform pg_catalog.pg_sleep(0.01);
+            new_outcome := public.clerk_sync_apply(p_svix_id, v_event, p_delete_mode);
+        end loop;
         update clerk_sync.inbox as i
         set received_at = v_old.received_at, replayed_at = now(), replays = v_old.replays + 1
         where i.svix_id = p_svix_id
@@ -113,5 +124,42 @@ begin
 end
 $$;
 
+-- Drop the payloads of up to p_batch deliveries received more than p_older_than ago (those that
+-- applied, were stale or ignored: dead letters keep theirs), oldest first, and return how many.
+-- The rows stay, for dedupe and `clerk-sync events`, until clerk_sync_purge_inbox removes them.
+-- Called in chunks like the purge, each its own short transaction; rows another caller holds
+-- are skipped.
+create or replace function public.clerk_sync_drop_payloads(
+    p_older_than interval,
+    p_batch integer default 5000
+)
+returns integer
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_dropped integer;
+begin
+    if p_older_than is null or p_older_than < interval '0' then
+        raise exception 'payloads are kept for 0 days or more, not %', p_older_than
+            using errcode = '22023';
+    end if;
+    with doomed as (
+        select i.svix_id from clerk_sync.inbox as i
+        where i.payload is not null and i.outcome <> 'invalid'
+          and i.received_at <= now() - p_older_than
+        order by i.received_at
+        limit greatest(p_batch, 1)
+        for update skip locked
+    )
+    update clerk_sync.inbox as i set payload = null
+    from doomed where i.svix_id = doomed.svix_id;
+    get diagnostics v_dropped = row_count;
+    return v_dropped;
+end
+$$;
+
 revoke execute on function public.clerk_sync_replay(text, text, boolean) from public;
+revoke execute on function public.clerk_sync_drop_payloads(interval, integer) from public;
 revoke execute on function public.clerk_sync_purge_inbox(interval, boolean, integer) from public;
