@@ -2,8 +2,9 @@
 -- write path (sql/repeatable/20_write_path.sql) classifies them (kinds 'organization',
 -- 'organization_delete', 'membership', 'membership_delete'), asks clerk_sync.organization_event_problem
 -- whether one can be applied, locks their organizations as it locks users, and hands a batch that
--- has any to clerk_sync.apply_organization_events, before its own statement: a batch of user
--- events alone never runs any of this.
+-- has any (or a user.deleted, whose memberships end) to clerk_sync.apply_organization_events,
+-- before its own statement: a batch of user.created/updated and session events never runs any
+-- of this.
 --
 -- Repeatable: `migrate` runs this file again whenever its content changes (CREATE OR REPLACE only).
 -- Before 20_write_path.sql, whose functions call these.
@@ -91,8 +92,8 @@ $$;
 --   * a membership writes its organization too, when that is newer (or new) and not deleted;
 --   * organization.deleted and organizationMembership.deleted always win (deleted_at, or the row
 --     removed in hard mode, and a tombstone), and end the organization's live memberships; a
---     user deleted earlier (in this batch or before) makes later membership events stale (the
---     batch's own statement ends the memberships of users it deletes);
+--     user deleted earlier (in this batch or before) ends their live memberships and makes later
+--     membership events stale;
 --   * one live membership per organization and user: the one created later (then the greater
 --     id) is live, the other ends (with a tombstone); one created earlier never becomes live.
 create or replace function clerk_sync.apply_organization_events(
@@ -130,6 +131,19 @@ begin
         order by f.n
     loop
         if v_event.kind = 'delete' then
+            -- user.deleted: the user's live memberships end (their outcome is the batch's).
+            if not v_event.user_id = any(v_deleted_users)
+               and not exists (select 1 from clerk_sync.tombstones as t
+                               where t.user_id = v_event.user_id)
+            then
+                if p_delete_mode = 'hard' then
+                    delete from public.organization_memberships as m
+                    where m.user_id = v_event.user_id;
+                else
+                    update public.organization_memberships as m set deleted_at = now()
+                    where m.user_id = v_event.user_id and m.deleted_at is null;
+                end if;
+            end if;
             v_deleted_users := v_deleted_users || v_event.user_id;
             continue;
         end if;

@@ -138,6 +138,7 @@ as $$
 declare
     v_problem text;
     v_locks integer[];
+    v_organization_locks integer[];
     v_organizations boolean;
     v_organization_outcomes text[];
 begin
@@ -145,15 +146,22 @@ begin
     -- svix-id for other events), and per organization, in one key space, taken in one global
     -- order (ascending) so that batches cannot deadlock. The statement below runs after every
     -- lock is held, so it sees every earlier commit for these users; concurrent deliveries of
-    -- the same svix-id serialize here too. Organization events go first, one by one.
+    -- the same svix-id serialize here too. Organization events (and the end of a deleted
+    -- user's memberships) go first, one by one; a batch without any never calls that.
     select (pg_catalog.array_agg(b.problem order by b.n) filter (where b.problem is not null))[1],
-           pg_catalog.array_agg(distinct pg_catalog.hashtext(l.id)) filter (where l.id is not null),
-           pg_catalog.bool_or(b.organization_id is not null)
-    into v_problem, v_locks, v_organizations
-    from clerk_sync.batch_events(p_svix_ids, p_events) as b
-    cross join lateral (values (coalesce(b.user_id, b.svix_id)), (b.organization_id)) as l(id);
+           pg_catalog.array_agg(distinct pg_catalog.hashtext(coalesce(b.user_id, b.svix_id))),
+           pg_catalog.array_agg(distinct pg_catalog.hashtext(b.organization_id))
+               filter (where b.organization_id is not null),
+           pg_catalog.bool_or(b.organization_id is not null or b.kind = 'delete')
+    into v_problem, v_locks, v_organization_locks, v_organizations
+    from clerk_sync.batch_events(p_svix_ids, p_events) as b;
     if v_problem is not null then
         raise exception '%', v_problem using errcode = '22023';
+    end if;
+    if v_organization_locks is not null then
+        v_locks := array(select distinct l.key
+                         from pg_catalog.unnest(v_locks || v_organization_locks) as l(key)
+                         order by l.key);
     end if;
     perform pg_catalog.pg_advisory_xact_lock(1668049779, l.key)  -- 'clrk'
     from pg_catalog.unnest(v_locks) as l(key);
@@ -299,20 +307,6 @@ begin
         using per_user as p
         where p_delete_mode = 'hard' and p.deleted and u.id = p.user_id
         returning u.id
-    ),
-    -- A deleted user's memberships end with them.
-    memberships_ended as (
-        update public.organization_memberships as m set deleted_at = now()
-        from per_user as p
-        where p_delete_mode <> 'hard' and p.deleted and m.user_id = p.user_id
-          and m.deleted_at is null
-        returning m.id
-    ),
-    memberships_removed as (
-        delete from public.organization_memberships as m
-        using per_user as p
-        where p_delete_mode = 'hard' and p.deleted and m.user_id = p.user_id
-        returning m.id
     ),
     tombstoned as (
         insert into clerk_sync.tombstones (user_id, deleted_at, svix_id)
