@@ -550,3 +550,24 @@ def test_any_order_and_repetition_ends_in_the_model_rows(
     assert tombstoned(db)[0] == model.org_tombs
     live_pairs = [MEMBERSHIPS[m][:2] for m in model.members if model.live(m)]
     assert len(live_pairs) == len(set(live_pairs))
+
+
+# --- send-test's events -------------------------------------------------------------------------
+
+
+def test_send_test_builds_each_organization_event_with_its_overrides(
+    client: TestClient, secret: tuple[str, bytes], db: str
+) -> None:
+    from clerk_sync.sendtest import Overrides, build_event
+
+    o = Overrides(user_id="user_sent", org_id="org_sent")
+    for n, event_type in enumerate(
+        ["organization.created", "organizationMembership.created", "organization.updated",
+         "organizationMembership.updated", "organizationMembership.deleted",
+         "organization.deleted"]
+    ):  # fmt: skip
+        event = build_event(event_type, Overrides(o.user_id, updated_at=T + n, org_id=o.org_id))
+        assert deliver(client, secret[1], event, f"m{n}") == "applied", event_type
+    assert set(orgs(db)) == {"org_sent"} and orgs(db)["org_sent"]["deleted_at"] is not None
+    [member] = members(db).values()
+    assert member["user_id"] == "user_sent" and member["deleted_at"] is not None
