@@ -571,3 +571,64 @@ def test_send_test_builds_each_organization_event_with_its_overrides(
     assert set(orgs(db)) == {"org_sent"} and orgs(db)["org_sent"]["deleted_at"] is not None
     [member] = members(db).values()
     assert member["user_id"] == "user_sent" and member["deleted_at"] is not None
+
+
+# --- concurrency --------------------------------------------------------------------------------
+
+
+async def _apply_concurrently(
+    db: str, arrivals: list[Ev], workers: int, hard: bool
+) -> list[tuple[int | None, list[Ev], list[str]]]:
+    """Apply `arrivals` in batches of two from `workers` connections at once. Each batch with
+    its outcomes and its transaction id: batches whose events touch the same organization or
+    user take each other's locks, so they commit in the order of their ids (assigned at the
+    first write, after the locks); others commute."""
+    pool = await asyncpg.create_pool(db, min_size=workers, max_size=workers)
+    queue: asyncio.Queue[list[Ev]] = asyncio.Queue()
+    for start in range(0, len(arrivals), 2):
+        queue.put_nowait(arrivals[start : start + 2])
+    done: list[tuple[int | None, list[Ev], list[str]]] = []
+
+    async def worker() -> None:
+        while not queue.empty():
+            chunk = queue.get_nowait()
+            async with pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    "select event_outcome from public.clerk_sync_apply_batch("
+                    "$1::text[], $2::jsonb[], $3)",
+                    [ev.svix_id for ev in chunk],
+                    [json.dumps(ev.event()) for ev in chunk],
+                    "hard" if hard else "soft",
+                )
+                xid = await conn.fetchval("select pg_current_xact_id_if_assigned()::text")
+            done.append((None if xid is None else int(xid), chunk, [r[0] for r in rows]))
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    finally:
+        await pool.close()
+    return done
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data(), events=events_strategy(), hard=st.booleans())
+def test_concurrent_writers_end_in_the_model_rows_of_their_commit_order(
+    db: str, data: st.DataObject, events: list[Ev], hard: bool
+) -> None:
+    support.execute(db, support.CLEAN_SQL)
+    arrivals = list(data.draw(st.permutations(events), label="order")) + events[:3]
+    done = asyncio.run(_apply_concurrently(db, arrivals, 4, hard))
+
+    # A batch without a transaction id wrote nothing: all its events were duplicates.
+    done.sort(key=lambda batch: (batch[0] is None, batch[0] or 0))
+    model = Model(hard, {}, {}, set(), set(), set(), set())
+    for _, chunk, outcomes in done:
+        assert outcomes == [model.apply(ev) for ev in chunk], chunk
+    want_orgs = {k: (ms(v), n, d) for k, (v, n, d) in model.orgs.items()}
+    want_members = {k: (ms(v), r, e) for k, (v, r, e) in model.members.items()}
+    assert observed(db) == (want_orgs, want_members)
+    assert tombstoned(db)[0] == model.org_tombs
