@@ -32,6 +32,9 @@ from clerk_sync.testing import (  # noqa: F401 (the tests use them as support.*)
     deleted_event,
     dumps,
     make_secret,
+    membership_event,
+    organization,
+    organization_event,
     session_event,
     signed_headers,
     user_event,
@@ -111,7 +114,9 @@ def drop_database(server_dsn: str, dsn: str) -> None:
 
 
 CLEAN_SQL = """
-truncate public.users, clerk_sync.inbox, clerk_sync.tombstones, clerk_sync.pending_sign_ins
+truncate public.users, clerk_sync.inbox, clerk_sync.tombstones, clerk_sync.pending_sign_ins,
+    public.organizations, public.organization_memberships, clerk_sync.organization_tombstones,
+    clerk_sync.membership_tombstones
 """
 
 

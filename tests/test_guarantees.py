@@ -483,7 +483,7 @@ def test_same_svix_id_is_applied_at_most_once(db: str) -> None:
     for svix_id, event in [
         ("msg_sess", support.session_event(u, BASE_MS + 1000)),
         ("msg_del", support.deleted_event("user_other")),
-        ("msg_org", {"type": "organization.created", "object": "event", "data": {"id": "org_1"}}),
+        ("msg_org", {"type": "organizationDomain.created", "object": "event", "data": {"id": "x"}}),
     ]:
         first, *again = apply(db, (svix_id, event), (svix_id, event), (svix_id, event))
         assert first in ("applied", "ignored")

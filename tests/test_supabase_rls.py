@@ -22,6 +22,7 @@ from tests.postgrest_standin import AUTH_JWT_SQL, SUPABASE_AUTH_SQL, create_supa
 from tests.test_cli import clerk_sync as run_cli
 
 USER_A, USER_B = "user_a", "user_b"
+T = 1_700_000_000_000
 SKIPPED = "skipped the row-level security and grants"
 
 
@@ -88,6 +89,7 @@ BOOKKEEPING = [
     "insert into clerk_sync.inbox (svix_id, outcome) values ('msg_forged', 'applied')",
     "select clerk_sync.ms_to_timestamptz('1')",
 ]
+HELPERS = ("clerk_sync_active_org_id", "clerk_sync_is_member", "clerk_sync_org_role")
 SIGNED_IN_AS_A = {"sub": USER_A, "role": "authenticated", "iss": "https://clerk.example.com"}
 
 
@@ -174,14 +176,29 @@ def test_the_catalog_says_the_same(supabase_db: str) -> None:
            from pg_proc p join pg_namespace n on n.oid = p.pronamespace
            where n.nspname = 'public' and p.proname like 'clerk\\_sync\\_%' order by 1""",
     )
-    # Every clerk-sync function in public, whichever migration added it.
+    # Every clerk-sync function in public, whichever migration added it; the app's helpers are
+    # the signed-in user's alone.
     assert {"clerk_sync_apply", "clerk_sync_record_invalid", "clerk_sync_schema_version"} <= {
         f["proname"] for f in functions
     }
+    assert set(HELPERS) <= {f["proname"] for f in functions}
     for f in functions:
         assert f["prosecdef"], f
         assert "search_path=" in f["config"], f  # a SECURITY DEFINER function pins its path
-        assert (f["anon"], f["authenticated"], f["service_role"]) == (False, False, True), f
+        expected = (False, True, False) if f["proname"] in HELPERS else (False, False, True)
+        assert (f["anon"], f["authenticated"], f["service_role"]) == expected, f
+    for table in ("organizations", "organization_memberships"):
+        [row] = support.fetch(
+            supabase_db,
+            f"select relrowsecurity from pg_class where oid = 'public.{table}'::regclass",
+        )
+        assert row == {"relrowsecurity": True}
+        cmds = support.fetch(
+            supabase_db,
+            "select cmd, roles::text[] as roles from pg_policies"
+            f" where schemaname = 'public' and tablename = '{table}'",
+        )
+        assert cmds == [{"cmd": "SELECT", "roles": ["authenticated"]}]
     for role in ("anon", "authenticated"):
         [usage] = support.fetch(
             supabase_db, f"select has_schema_privilege('{role}', 'clerk_sync', 'usage') as u"
@@ -206,6 +223,128 @@ def test_the_schema_script_applies_twice_on_supabase(pg_server: str) -> None:
         assert_denied(dsn, "authenticated", BOOKKEEPING[0], claims=SIGNED_IN_AS_A)
     finally:
         support.drop_database(pg_server, dsn)
+
+
+# --- organizations and memberships -------------------------------------------------------------
+
+ORG_EVENTS = [
+    # org_1: user_a an admin, user_b removed; org_2 (user_a a member) deleted; org_3: user_b.
+    support.membership_event("organizationMembership.created", "mem_a1", "org_1", USER_A,
+                             T, role="org:admin"),
+    support.membership_event("organizationMembership.created", "mem_b1", "org_1", USER_B, T),
+    support.membership_event("organizationMembership.deleted", "mem_b1", "org_1", USER_B, T),
+    support.membership_event("organizationMembership.created", "mem_a2", "org_2", USER_A, T),
+    support.organization_event("organization.deleted", "org_2", 0),
+    support.membership_event("organizationMembership.created", "mem_b3", "org_3", USER_B, T),
+]  # fmt: skip
+STRANGER = {**SIGNED_IN_AS_A, "sub": "user_stranger"}
+SIGNED_IN_AS_B = {**SIGNED_IN_AS_A, "sub": USER_B}
+ORG_WRITES = [
+    "insert into public.organizations (id) values ('org_forged')",
+    "update public.organizations set name = 'Mallory'",
+    "delete from public.organizations",
+    "insert into public.organization_memberships (id, organization_id, user_id)"
+    " values ('mem_forged', 'org_1', 'user_stranger')",
+    "update public.organization_memberships set role = 'org:admin'",
+    "delete from public.organization_memberships",
+    "select * from clerk_sync.organization_tombstones",
+    "select * from clerk_sync.membership_tombstones",
+]
+
+
+@pytest.fixture(scope="module")
+def org_db(supabase_db: str) -> str:
+    for n, event in enumerate(ORG_EVENTS):
+        got = as_role(
+            supabase_db,
+            "service_role",
+            "select public.clerk_sync_apply($1, $2::jsonb, 'soft') as outcome",
+            f"msg_org_{n}",
+            json.dumps(event),
+        )
+        assert got == [{"outcome": "applied"}]
+    return supabase_db
+
+
+def read(dsn: str, claims: dict[str, Any]) -> tuple[list[str], list[str]]:
+    orgs = as_role(dsn, "authenticated", "select id from public.organizations order by 1",
+                   claims=claims)  # fmt: skip
+    members = as_role(
+        dsn, "authenticated", "select id from public.organization_memberships order by 1",
+        claims=claims,
+    )  # fmt: skip
+    return [r["id"] for r in orgs], [r["id"] for r in members]
+
+
+def test_a_member_reads_their_organizations_and_its_live_members(org_db: str) -> None:
+    assert read(org_db, SIGNED_IN_AS_A) == (["org_1"], ["mem_a1"])
+    assert read(org_db, SIGNED_IN_AS_B) == (["org_3"], ["mem_b3"])
+    assert read(org_db, STRANGER) == ([], [])
+    assert read(org_db, {"role": "authenticated"}) == ([], [])
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "select * from public.organizations",
+        "select * from public.organization_memberships",
+        "select public.clerk_sync_is_member('org_1')",
+        "select public.clerk_sync_org_role('org_1')",
+        "select public.clerk_sync_active_org_id()",
+        *ORG_WRITES,
+    ],
+)
+def test_anon_reads_and_calls_nothing_of_organizations(org_db: str, query: str) -> None:
+    assert_denied(org_db, "anon", query)
+
+
+@pytest.mark.parametrize("query", ORG_WRITES)
+def test_no_signed_in_user_writes_organizations(org_db: str, query: str) -> None:
+    assert_denied(org_db, "authenticated", query, claims=SIGNED_IN_AS_A)
+
+
+def helper(dsn: str, call: str, claims: dict[str, Any]) -> Any:
+    return as_role(dsn, "authenticated", f"select {call} as v", claims=claims)[0]["v"]
+
+
+@pytest.mark.parametrize(
+    ("claims", "org_id", "member", "role"),
+    [
+        (SIGNED_IN_AS_A, "org_1", True, "org:admin"),  # a member
+        (SIGNED_IN_AS_B, "org_1", False, None),  # a removed member
+        (SIGNED_IN_AS_A, "org_2", False, None),  # a member of a deleted organization
+        (STRANGER, "org_1", False, None),  # a stranger
+        ({"role": "authenticated"}, "org_1", False, None),  # no sub
+    ],
+)
+def test_the_helpers_answer_for_the_caller(
+    org_db: str, claims: dict[str, Any], org_id: str, member: bool, role: str | None
+) -> None:
+    assert helper(org_db, f"public.clerk_sync_is_member('{org_id}')", claims) is member
+    assert helper(org_db, f"public.clerk_sync_org_role('{org_id}')", claims) == role
+
+
+@pytest.mark.parametrize(
+    ("extra", "active"),
+    [
+        ({"v": 2, "o": {"id": "org_1", "rol": "admin", "slg": "acme"}}, "org_1"),
+        ({"org_id": "org_9", "org_role": "org:admin"}, "org_9"),  # a v1 token
+        ({"v": 2, "org_id": "org_forged"}, None),  # v2 without o: a custom claim is no scope
+        ({"v": 2, "o": {"id": "org_1"}, "org_id": "org_forged"}, "org_1"),
+        ({}, None),
+    ],
+)
+def test_the_active_organization_comes_from_the_session_token(
+    org_db: str, extra: dict[str, Any], active: str | None
+) -> None:
+    claims = {**SIGNED_IN_AS_A, **extra}
+    assert helper(org_db, "public.clerk_sync_active_org_id()", claims) == active
+
+
+def test_the_service_role_writes_organizations_but_has_no_helpers(org_db: str) -> None:
+    rows = as_role(org_db, "service_role", "select id from public.organizations order by 1")
+    assert [r["id"] for r in rows] == ["org_1", "org_2", "org_3"]
+    assert_denied(org_db, "service_role", "select public.clerk_sync_is_member('org_1')")
 
 
 # --- plain PostgreSQL ---------------------------------------------------------------------------

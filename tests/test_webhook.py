@@ -546,7 +546,7 @@ def test_older_or_equal_updated_at_is_stale(
 def test_unsupported_type_is_ignored_and_recorded(
     client: TestClient, secret: tuple[str, bytes], db: str
 ) -> None:
-    body = (EXAMPLES_DIR / "organization.created.json").read_bytes()
+    body = (EXAMPLES_DIR / "organizationDomain.created.json").read_bytes()
     headers = support.signed_headers(secret[1], body, "msg_org")
     response = post(client, body, headers)
     assert response.status_code == 200, response.text
@@ -554,7 +554,7 @@ def test_unsupported_type_is_ignored_and_recorded(
     assert users(db) == []
     rows = inbox(db)
     assert [(r["svix_id"], r["event_type"], r["outcome"]) for r in rows] == [
-        ("msg_org", "organization.created", "ignored")
+        ("msg_org", "organizationDomain.created", "ignored")
     ]
     assert post(client, body, support.signed_headers(secret[1], body, "msg_org")).json() == {
         "outcome": "duplicate"

@@ -338,12 +338,19 @@ def users(
 @cli.command("send-test")
 def send_test(
     event_type: Annotated[
-        str, typer.Argument(help="e.g. user.created, user.updated, session.created")
+        str,
+        typer.Argument(
+            help="e.g. user.created, session.created, organization.updated, "
+            "organizationMembership.created"
+        ),
     ],
     url: Annotated[
         str | None, typer.Option(help="Webhook URL [default: http://HOST:PORT/api/webhooks/clerk]")
     ] = None,
     user_id: Annotated[str | None, typer.Option(help="The user's id (user_…)")] = None,
+    org_id: Annotated[
+        str | None, typer.Option(help="The organization's id (org_…), for organization events")
+    ] = None,
     email: Annotated[str | None, typer.Option(help="The user's primary email address")] = None,
     first_name: Annotated[str | None, typer.Option(help="The user's first name")] = None,
     last_name: Annotated[str | None, typer.Option(help="The user's last name")] = None,
@@ -370,7 +377,8 @@ def send_test(
             f"{settings.data_dir} (start `clerk-sync serve --dev` first, or set the variable)"
         )
     target = url or f"http://{settings.host}:{settings.port}/api/webhooks/clerk"
-    event = build_event(event_type, Overrides(user_id, email, first_name, last_name, updated_at))
+    overrides = Overrides(user_id, email, first_name, last_name, updated_at, org_id)
+    event = build_event(event_type, overrides)
     try:
         response = post_event(target, decode_signing_secret(secret), event, svix_id)
     except httpx.HTTPError as exc:

@@ -17,8 +17,17 @@ import orjson
 
 from clerk_sync.errors import Refused
 
-# The event types whose data changes public.users. Every other type is recorded and ignored.
+# The event types whose data changes public.users. organization.* and organizationMembership.*
+# change public.organizations and public.organization_memberships (a membership names its user in
+# public_user_data). Every other type is recorded and ignored.
 USER_EVENT_TYPES = frozenset({"user.created", "user.updated", "user.deleted"})
+MEMBERSHIP_EVENT_TYPES = frozenset(
+    {
+        "organizationMembership.created",
+        "organizationMembership.updated",
+        "organizationMembership.deleted",
+    }
+)
 SIGN_IN_EVENT_TYPE = "session.created"
 # Not a Clerk event (the sign-in signal is session.created), but old setup guides subscribe to
 # it; handled as user.updated when its data is a user.
@@ -127,6 +136,9 @@ def _named_user(event_type: str, data: dict[str, Any]) -> str | None:
         event_type == LEGACY_SIGN_IN_TYPE and data.get("object") == "user"
     ):
         value = data.get("id")
+    elif event_type in MEMBERSHIP_EVENT_TYPES:
+        member = data.get("public_user_data")
+        value = member.get("user_id") if isinstance(member, dict) else None
     else:
         return None
     return value if isinstance(value, str) else None

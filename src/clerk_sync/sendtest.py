@@ -46,6 +46,15 @@ class Overrides:
     first_name: str | None = None
     last_name: str | None = None
     updated_at: int | None = None
+    org_id: str | None = None
+
+
+def _fill_organization(org: dict[str, Any], o: Overrides, now_ms: int) -> None:
+    """A fresh version of Clerk's example organization, so that sending it again is newer."""
+    if o.org_id:
+        org["id"] = o.org_id
+    if "updated_at" in org:  # organization.deleted carries none
+        org["updated_at"] = o.updated_at if o.updated_at is not None else now_ms
 
 
 def _fill_user(user: dict[str, Any], o: Overrides, now_ms: int) -> None:
@@ -92,6 +101,13 @@ def build_event(event_type: str, overrides: Overrides | None = None) -> dict[str
             data["user_id"] = data["user"]["id"]
         elif o.user_id:
             data["user_id"] = o.user_id
+    elif event_type.startswith("organization."):
+        _fill_organization(data, o, now_ms)
+    elif event_type.startswith("organizationMembership."):
+        _fill_organization(data["organization"], o, now_ms)
+        data["updated_at"] = o.updated_at if o.updated_at is not None else now_ms
+        if o.user_id:
+            data["public_user_data"]["user_id"] = o.user_id
     return event
 
 

@@ -18,7 +18,17 @@ from typing import Any
 
 from clerk_sync.verify import signed_headers
 
-__all__ = ["deleted_event", "dumps", "make_secret", "session_event", "signed_headers", "user_event"]
+__all__ = [
+    "deleted_event",
+    "dumps",
+    "make_secret",
+    "membership_event",
+    "organization",
+    "organization_event",
+    "session_event",
+    "signed_headers",
+    "user_event",
+]
 
 
 def make_secret() -> tuple[str, bytes]:
@@ -107,3 +117,65 @@ def session_event(
 
 def dumps(event: dict[str, Any]) -> bytes:
     return json.dumps(event).encode()
+
+
+def organization(org_id: str, updated_at: int, **data: Any) -> dict[str, Any]:
+    """A Clerk organization object, as organization.* events and memberships carry it."""
+    org = {
+        "object": "organization",
+        "id": org_id,
+        "name": "Acme",
+        "slug": "acme",
+        "image_url": "https://img.clerk.com/o",
+        "has_image": True,
+        "members_count": 1,
+        "max_allowed_memberships": 5,
+        "admin_delete_enabled": True,
+        "public_metadata": {},
+        "private_metadata": {"secret": "never in public.organizations"},
+        "created_by": "user_creator",
+        "created_at": 1_700_000_000_000,
+        "updated_at": updated_at,
+    }
+    org.update(data)
+    return org
+
+
+def organization_event(
+    event_type: str, org_id: str, updated_at: int, **data: Any
+) -> dict[str, Any]:
+    """organization.created/updated; organization.deleted carries only the id and slug."""
+    if event_type == "organization.deleted":
+        body = {"object": "organization", "id": org_id, "slug": "acme", "deleted": True}
+    else:
+        body = organization(org_id, updated_at, **data)
+    return {"object": "event", "type": event_type, "timestamp": 1_700_000_000, "data": body}
+
+
+def membership_event(
+    event_type: str,
+    membership_id: str,
+    org_id: str,
+    user_id: str,
+    updated_at: int,
+    *,
+    created_at: int = 1_700_000_000_000,
+    role: str = "org:member",
+    org_updated_at: int = 1_700_000_000_000,
+    **org_data: Any,
+) -> dict[str, Any]:
+    """An organizationMembership.* event: the full membership, its organization embedded."""
+    membership = {
+        "object": "organization_membership",
+        "id": membership_id,
+        "role": role,
+        "role_name": role.removeprefix("org:").title(),
+        "permissions": ["org:posts:read"],
+        "public_metadata": {},
+        "private_metadata": {"secret": "never in public.organization_memberships"},
+        "organization": organization(org_id, org_updated_at, **org_data),
+        "public_user_data": {"user_id": user_id, "first_name": "Ada", "identifier": "a@x.io"},
+        "created_at": created_at,
+        "updated_at": updated_at,
+    }
+    return {"object": "event", "type": event_type, "timestamp": 1_700_000_000, "data": membership}

@@ -375,9 +375,9 @@ def ignored_event(rng: random.Random) -> dict[str, Any]:
         [
             {
                 "object": "event",
-                "type": "organization.created",
+                "type": "organizationDomain.created",
                 "timestamp": BASE_MS,
-                "data": {"object": "organization", "id": org, "name": "Acme", "slug": org},
+                "data": {"object": "organization_domain", "id": org, "name": "acme.io"},
             },
             {
                 "object": "event",

@@ -220,6 +220,7 @@ event_types = st.sampled_from(
         "session.created",
         "user.signed_in",
         "organization.created",
+        "organizationMembership.created",
         "email.created",
     ]
 ) | st.text(max_size=12)
@@ -274,6 +275,18 @@ session_data = st.fixed_dictionaries(
         | json_values,
     },
 )
+organization_data = st.fixed_dictionaries(
+    {"object": st.just("organization"), "id": user_ids, "updated_at": ms_values},
+    optional={
+        "name": json_values,
+        "slug": json_scalars,
+        "max_allowed_memberships": ms_values | json_scalars,
+        "admin_delete_enabled": st.booleans() | json_scalars,
+        "public_metadata": json_values,
+        "private_metadata": st.just({"k": PRIVATE}),
+        "created_at": ms_values,
+    },
+)
 good_ms = (
     st.integers(min_value=1_600_000_000_000, max_value=1_900_000_000_000)
     | st.integers(min_value=0, max_value=MAX_MS)
@@ -310,6 +323,35 @@ clerk_events = (
         {
             "type": st.just("user.deleted"),
             "data": st.fixed_dictionaries({"id": good_ids | user_ids, "deleted": st.booleans()}),
+        }
+    )
+    # Organizations and memberships that pass the parser, arbitrary wherever it does not look.
+    | st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(
+                [
+                    "organization.created",
+                    "organization.deleted",
+                    "organizationMembership.updated",
+                    "organizationMembership.deleted",
+                ]
+            ),
+            "data": organization_data.flatmap(
+                lambda org: st.fixed_dictionaries(
+                    {
+                        "id": good_ids,
+                        "updated_at": good_ms,
+                        "organization": st.just(org),
+                        "public_user_data": st.fixed_dictionaries({"user_id": good_ids}),
+                    },
+                    optional={
+                        "role": json_values,
+                        "permissions": json_values,
+                        "public_metadata": json_values,
+                        "created_at": ms_values,
+                    },
+                ).map(lambda membership: {**org, **membership})
+            ),
         }
     )
     # Anything goes.
@@ -399,6 +441,9 @@ def test_signed_clerk_shaped_events(
     if sent.status == 200:
         assert replay.status == 200 and replay.payload["outcome"] == "duplicate", (event, replay)
     assert not replay.changed_users
+    for table in ("organizations", "organization_memberships"):
+        rows = database.runner.run(database.conn.fetch(f"select * from public.{table}"))
+        assert not any(PRIVATE in str(dict(row)) for row in rows), f"private_metadata in {table}"
 
 
 def support_rows(database: Database, user_id: str) -> list[Any]:

@@ -15,10 +15,13 @@
 --                   event, the sign-in signal is session.created, but old guides subscribe to it)
 --   kind 'delete'   user.deleted
 --   kind 'sign_in'  session.created: data.user.last_sign_in_at, else the session's created_at
+--   kinds 'organization', 'organization_delete', 'membership', 'membership_delete'
+--                   organization.* and organizationMembership.*, with their organization's id
+--                   (and a membership's user): sql/repeatable/15_organizations.sql
 --   kind 'ignore'   every other type
 create or replace function clerk_sync.batch_events(p_svix_ids text[], p_events jsonb[])
 returns table (
-    n bigint, svix_id text, event jsonb, type text, kind text, user_id text,
+    n bigint, svix_id text, event jsonb, type text, kind text, user_id text, organization_id text,
     version timestamptz, sign_in timestamptz, problem text
 )
 language sql
@@ -26,6 +29,8 @@ stable
 rows 10
 as $$
     select k.n, k.svix_id, k.event, k.type, k.kind, k.user_ref #>> '{}',
+           case when k.kind like 'organization%' then k.data ->> 'id'
+                when k.kind like 'membership%' then k.data -> 'organization' ->> 'id' end,
            case when k.kind = 'profile' then clerk_sync.ms_to_timestamptz(k.data -> 'updated_at') end,
            case k.kind
                when 'profile' then clerk_sync.ms_to_timestamptz(k.data -> 'last_sign_in_at')
@@ -41,6 +46,8 @@ as $$
                    then 'not a Clerk event: the ' || k.type || ' event has no object "data"'
                when k.kind = 'ignore'
                    then null
+               when k.kind like 'organization%' or k.kind like 'membership%'
+                   then clerk_sync.organization_event_problem(k.type, k.kind, k.data)
                when pg_catalog.jsonb_typeof(k.user_ref) is distinct from 'string'
                     or k.user_ref = '""' or pg_catalog.length(k.user_ref #>> '{}') > 255
                    then k.type || ' event without a user id'
@@ -66,6 +73,10 @@ as $$
                        case when coalesce(e.data -> 'user_id', 'null') = 'null'
                             then e.data -> 'user' -> 'id' else e.data -> 'user_id' end
                    when 'ignore' then null
+                   when 'organization' then null
+                   when 'organization_delete' then null
+                   when 'membership' then e.data -> 'public_user_data' -> 'user_id'
+                   when 'membership_delete' then e.data -> 'public_user_data' -> 'user_id'
                    else e.data -> 'id'
                end as user_ref,
                -- session.created: the user's last sign-in when it is sent, else the session's start.
@@ -81,6 +92,14 @@ as $$
                             and u.event -> 'data' ->> 'object' = 'user' then 'profile'
                        when u.event ->> 'type' = 'user.deleted' then 'delete'
                        when u.event ->> 'type' = 'session.created' then 'sign_in'
+                       when u.event ->> 'type' in ('organization.created', 'organization.updated')
+                           then 'organization'
+                       when u.event ->> 'type' = 'organization.deleted' then 'organization_delete'
+                       when u.event ->> 'type' in ('organizationMembership.created',
+                                                   'organizationMembership.updated')
+                           then 'membership'
+                       when u.event ->> 'type' = 'organizationMembership.deleted'
+                           then 'membership_delete'
                        else 'ignore'
                    end as kind
             from unnest(p_svix_ids, p_events) with ordinality as u(svix_id, event, n)
@@ -123,6 +142,9 @@ declare
     v_problem text;
     v_busy integer[];
     v_users text[];
+    v_locks integer[];
+    v_organizations boolean;
+    v_organization_outcomes text[];
 begin
     -- The batch's first problem, and its locks: one writer per user at a time (per svix-id for
     -- other events). Each is only tried, never waited for: a user whose lock another
@@ -130,36 +152,59 @@ begin
     -- up everyone else's deliveries. Its events are answered 'retry' (v_busy: their lock keys)
     -- and the rest go ahead. The statement below runs with every other lock held, so it sees
     -- every earlier commit for these users; deliveries of the same svix-id take turns too.
+    --
+    -- A batch with organization events (or a user.deleted, which ends that user's memberships)
+    -- is applied in two steps, the organizations' first (15_organizations.sql), which cannot
+    -- answer 'retry': it waits for its locks instead, users' and organizations' in one key
+    -- space and one global order (ascending), so that such batches cannot deadlock. They are
+    -- rare; a batch of user events alone never waits and never calls the organizations' step.
     select (pg_catalog.array_agg(b.problem order by b.n) filter (where b.problem is not null))[1],
            pg_catalog.array_agg(distinct b.key) filter (where not b.locked),
-           pg_catalog.array_agg(distinct b.user_id) filter (where b.locked and b.kind <> 'ignore')
-    into v_problem, v_busy, v_users
+           pg_catalog.array_agg(distinct b.user_id) filter (where b.locked and b.kind <> 'ignore'),
+           pg_catalog.bool_or(b.waits),
+           pg_catalog.array_agg(distinct b.key) filter (where b.waits)
+               || coalesce(pg_catalog.array_agg(distinct pg_catalog.hashtext(b.organization_id))
+                               filter (where b.organization_id is not null), '{}')
+    into v_problem, v_busy, v_users, v_organizations, v_locks
     from (
-        select e.n, e.problem, e.user_id, e.kind, e.key,
-               pg_catalog.pg_try_advisory_xact_lock(1668049779, e.key) as locked  -- 'clrk'
-        from (select b.*, pg_catalog.hashtext(coalesce(b.user_id, b.svix_id)) as key
+        select e.n, e.problem, e.user_id, e.organization_id, e.kind, e.key, e.waits,
+               case when not e.waits  -- 'clrk'
+                    then pg_catalog.pg_try_advisory_xact_lock(1668049779, e.key) end as locked
+        from (select b.*, pg_catalog.hashtext(coalesce(b.user_id, b.svix_id)) as key,
+                     pg_catalog.bool_or(b.organization_id is not null or b.kind = 'delete')
+                         over () as waits
               from clerk_sync.batch_events(p_svix_ids, p_events) as b) as e
         offset 0
     ) as b;
     if v_problem is not null then
         raise exception 'not a Clerk event: %', v_problem using errcode = '22023';
     end if;
-    -- The users' rows: one an app's own transaction holds (select ... for update) would make
-    -- the write below wait, with the whole batch. They are locked now, or their events retried.
-    with locked as materialized (
-        select u.id from public.users as u
-        where u.id = any(v_users)
-        for no key update skip locked
-    )
-    select coalesce(v_busy, '{}') || coalesce(pg_catalog.array_agg(pg_catalog.hashtext(u.id)), '{}')
-    into v_busy
-    from public.users as u
-    where u.id = any(v_users) and u.id not in (select locked.id from locked);
+    if v_organizations then
+        v_busy := '{}';
+        perform pg_catalog.pg_advisory_xact_lock(1668049779, l.key)  -- 'clrk'
+        from pg_catalog.unnest(array(select distinct k.key from pg_catalog.unnest(v_locks) as k(key)
+                                     order by k.key)) as l(key);
+        v_organization_outcomes := clerk_sync.apply_organization_events(
+            p_svix_ids, p_events, p_delete_mode);
+    else
+        -- The users' rows: one an app's own transaction holds (select ... for update) would make
+        -- the write below wait, with the whole batch. They are locked now, or their events retried.
+        with locked as materialized (
+            select u.id from public.users as u
+            where u.id = any(v_users)
+            for no key update skip locked
+        )
+        select coalesce(v_busy, '{}') || coalesce(pg_catalog.array_agg(pg_catalog.hashtext(u.id)), '{}')
+        into v_busy
+        from public.users as u
+        where u.id = any(v_users) and u.id not in (select locked.id from locked);
+    end if;
 
     return query
     with batch as (
         -- Every column but the problem (known to be none): the planner leaves it uncomputed.
-        select b.n, b.svix_id, b.event, b.type, b.kind, b.user_id, b.version, b.sign_in
+        select b.n, b.svix_id, b.event, b.type, b.kind, b.user_id, b.organization_id, b.version,
+               b.sign_in
         from clerk_sync.batch_events(p_svix_ids, p_events) as b
     ),
     -- Each svix-id's first delivery in the batch, unless an earlier one was handled (a dead
@@ -181,7 +226,8 @@ begin
                u.updated_at as version,
                u.last_sign_in_at as row_sign_in,
                p.last_sign_in_at as pending_sign_in
-        from (select distinct fresh.user_id from fresh where fresh.kind <> 'ignore') as f
+        from (select distinct fresh.user_id from fresh
+              where fresh.kind in ('profile', 'delete', 'sign_in')) as f
         left join public.users as u on u.id = f.user_id
         left join clerk_sync.pending_sign_ins as p on p.user_id = f.user_id
     ),
@@ -202,6 +248,7 @@ begin
         select o.*,
                case
                    when o.kind = 'ignore' then 'ignored'
+                   when o.organization_id is not null then v_organization_outcomes[o.n]
                    when o.tombstoned or o.n > o.first_delete then 'stale'
                    when o.kind = 'delete' then 'applied'
                    when o.kind = 'profile' then
@@ -226,7 +273,7 @@ begin
                (array_agg(d.event -> 'data' order by d.version desc)
                    filter (where d.kind = 'profile' and d.outcome = 'applied'))[1] as profile
         from decided as d
-        where d.kind <> 'ignore' and not d.tombstoned
+        where d.kind in ('profile', 'delete', 'sign_in') and not d.tombstoned
         group by d.user_id
     ),
     -- Every change to a user's row in one statement (sibling statements here would not see

@@ -73,9 +73,10 @@ begin
     exception
         when sqlstate 'CSDRY' then
             null;  -- the dry run's outcome is known; everything it wrote is rolled back
-        when data_exception then
-            -- Not JSON, not UTF-8, not a Clerk event, or a value the database refuses: what
-            -- made it a dead letter still holds. It stays one, with the reason found now.
+        when data_exception or integrity_constraint_violation or raise_exception then
+            -- Not JSON, not UTF-8, not a Clerk event, a value the database refuses, or an app's
+            -- constraint or trigger that still refuses it: what made it a dead letter still
+            -- holds. It stays one, with the reason found now.
             new_outcome := 'invalid';
             reason := 'cannot apply: ' || sqlerrm;
             if not p_dry_run and v_old.outcome = 'invalid' then

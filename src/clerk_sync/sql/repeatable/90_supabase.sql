@@ -8,6 +8,11 @@
 -- anon key could call public.clerk_sync_apply and forge users. Here:
 --   * public.users: row-level security, with one policy: a signed-in user reads their own row;
 --     nobody but the service role (which bypasses RLS) writes;
+--   * public.organizations and public.organization_memberships: a signed-in user reads the
+--     organizations they have a live membership in and the live memberships of those; the
+--     helpers public.clerk_sync_is_member, clerk_sync_org_role and clerk_sync_active_org_id,
+--     for the app's own policies, executable by authenticated only (they read auth.jwt(), so
+--     they exist only here);
 --   * the public.clerk_sync_* functions: executable by service_role only, and SECURITY DEFINER,
 --     so that the service role needs no privilege on schema clerk_sync to call them;
 --   * schema clerk_sync (the inbox keeps raw payloads, private_metadata included): out of reach
@@ -25,6 +30,51 @@ begin
         raise notice 'clerk-sync: no Supabase roles (anon, authenticated, service_role) and auth.jwt() in this database: skipped the row-level security and grants for them';
         return;
     end if;
+
+    -- The app's helpers: whether the caller (the Clerk user id in the token's sub) has a live
+    -- membership in an organization, their role there, and the active organization of their
+    -- session token (o.id in v2 tokens; org_id in v1 ones, which have no o and no v = 2, so that
+    -- a custom org_id claim cannot pose as the active organization of a v2 token). SECURITY
+    -- DEFINER: they read the memberships whatever the caller's own policies allow.
+    execute $helpers$
+        create or replace function public.clerk_sync_is_member(org_id text)
+        returns boolean
+        language sql
+        stable
+        security definer
+        set search_path = ''
+        as $$
+            select exists (
+                select 1 from public.organization_memberships as m
+                where m.organization_id = org_id and m.deleted_at is null
+                  and m.user_id = (select auth.jwt() ->> 'sub')
+            )
+        $$;
+
+        create or replace function public.clerk_sync_org_role(org_id text)
+        returns text
+        language sql
+        stable
+        security definer
+        set search_path = ''
+        as $$
+            select m.role from public.organization_memberships as m
+            where m.organization_id = org_id and m.deleted_at is null
+              and m.user_id = (select auth.jwt() ->> 'sub')
+        $$;
+
+        create or replace function public.clerk_sync_active_org_id()
+        returns text
+        language sql
+        stable
+        security definer
+        set search_path = ''
+        as $$
+            select case when auth.jwt() ? 'o' or auth.jwt() ->> 'v' = '2'
+                        then auth.jwt() -> 'o' ->> 'id'
+                        else auth.jwt() ->> 'org_id' end
+        $$;
+    $helpers$;
 
     -- The functions: the service role's only way in, running as their owner so that the
     -- service role needs no privilege on schema clerk_sync. (CREATE OR REPLACE resets SECURITY
@@ -49,6 +99,34 @@ begin
     revoke all on table public.users from public, anon, authenticated;
     grant select on table public.users to authenticated;
     grant select, insert, update, delete on table public.users to service_role;
+
+    -- The helpers are the signed-in user's, not the service role's (nor anon's).
+    revoke execute on function public.clerk_sync_is_member(text) from service_role;
+    revoke execute on function public.clerk_sync_org_role(text) from service_role;
+    revoke execute on function public.clerk_sync_active_org_id() from service_role;
+    grant execute on function public.clerk_sync_is_member(text) to authenticated;
+    grant execute on function public.clerk_sync_org_role(text) to authenticated;
+    grant execute on function public.clerk_sync_active_org_id() to authenticated;
+
+    -- A signed-in user reads their organizations and the live memberships of those; no write
+    -- policy at all.
+    alter table public.organizations enable row level security;
+    drop policy if exists "clerk-sync: members read their organizations" on public.organizations;
+    create policy "clerk-sync: members read their organizations" on public.organizations
+        for select to authenticated
+        using (public.clerk_sync_is_member(id));
+    alter table public.organization_memberships enable row level security;
+    drop policy if exists "clerk-sync: members read their organizations' members"
+        on public.organization_memberships;
+    create policy "clerk-sync: members read their organizations' members"
+        on public.organization_memberships
+        for select to authenticated
+        using (deleted_at is null and public.clerk_sync_is_member(organization_id));
+    revoke all on table public.organizations, public.organization_memberships
+        from public, anon, authenticated;
+    grant select on table public.organizations, public.organization_memberships to authenticated;
+    grant select, insert, update, delete
+        on table public.organizations, public.organization_memberships to service_role;
 
     -- Bookkeeping stays private, now and for tables a later migration adds.
     revoke all on schema clerk_sync from public, anon, authenticated;
