@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from clerk_sync import replay
 from clerk_sync.app import WEBHOOK_PATH
 from clerk_sync.inbox import BadTime, parse_duration, parse_time
 from tests import support
+from tests.test_backfill import row_locked
 from tests.test_cli import assert_one_clear_line
 from tests.test_cli import clerk_sync as run_cli
 
@@ -412,3 +414,18 @@ def test_events_command_prints_json_lines_without_payloads(
     result = run_cli(tmp_path, "events", "--outcome", "lost", DATABASE_URL=db)
     assert result.returncode == 2
     assert_one_clear_line(result, ("--outcome",))
+
+
+def test_a_replay_waits_for_a_user_held_elsewhere(db: str) -> None:
+    """The write path answers 'retry' for a user another transaction holds; replay waits for it
+    (as it did for the lock before), and is not left with the inbox row removed."""
+    event = support.user_event("user.created", "user_held", UPDATED_AT)
+    support.execute(db, "insert into public.users (id) values ('user_held')")
+    add_dead_letter(db, "msg_held", support.dumps(event))
+    started = time.monotonic()
+    with row_locked(db, "user_held", most=0.5):
+        (result,) = replay_ids(db, ["msg_held"])
+    assert time.monotonic() - started >= 0.5
+    assert (result.old_outcome, result.new_outcome) == ("invalid", "applied")
+    assert row(db, "msg_held")["outcome"] == "applied"
+    assert (user(db, "user_held") or {}).get("updated_at") is not None
