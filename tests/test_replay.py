@@ -429,3 +429,39 @@ def test_a_replay_waits_for_a_user_held_elsewhere(db: str) -> None:
     assert (result.old_outcome, result.new_outcome) == ("invalid", "applied")
     assert row(db, "msg_held")["outcome"] == "applied"
     assert (user(db, "user_held") or {}).get("updated_at") is not None
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        "alter table public.users add constraint app_no_bobs check (first_name <> 'Bob')",
+        """create function public.app_refuse() returns trigger language plpgsql as
+           $$ begin raise exception 'no Bobs here'; end $$;
+           create trigger app_refuse before insert on public.users
+           for each row when (new.first_name = 'Bob') execute function public.app_refuse()""",
+    ],
+    ids=["check-constraint", "raising-trigger"],
+)
+def test_a_dead_letter_an_apps_constraint_still_refuses_stays_one(db: str, cause: str) -> None:
+    """Replayed before the cause is fixed, the event stays a dead letter (exit 1), and the
+    replay of the others goes on."""
+    support.execute(db, cause)
+    try:
+        bob = support.dumps(support.user_event("user.created", "user_bob", 10, first_name="Bob"))
+        add_dead_letter(db, "msg_bob", bob)
+        results = replay_ids(db, ["msg_bob"])
+    finally:
+        support.execute(
+            db,
+            "alter table public.users drop constraint if exists app_no_bobs;"
+            "drop trigger if exists app_refuse on public.users;"
+            "drop function if exists public.app_refuse()",
+        )
+    [result] = results
+    assert (result.old_outcome, result.new_outcome) == ("invalid", "invalid")
+    assert result.failed and "cannot apply" in (result.reason or "")
+    assert row(db, "msg_bob")["outcome"] == "invalid"
+    assert support.fetch(db, "select id from public.users") == []
+    # Once the cause is gone, the same replay applies it.
+    [again] = replay_ids(db, ["msg_bob"])
+    assert again.new_outcome == "applied"
