@@ -383,11 +383,14 @@ order by 1
 """
 
 # Who may execute clerk-sync's functions in schema public. A function without an ACL is
-# executable by PUBLIC (PostgreSQL's default).
+# executable by PUBLIC (PostgreSQL's default). The organization helpers for the app's policies
+# are meant for authenticated (sql/repeatable/90_supabase.sql).
 FUNCTION_GRANTS_SQL = """
 select 'public.' || p.proname as function,
        pg_catalog.has_function_privilege('anon', p.oid, 'EXECUTE') as anon,
-       pg_catalog.has_function_privilege('authenticated', p.oid, 'EXECUTE') as authenticated,
+       p.proname not in ('clerk_sync_is_member', 'clerk_sync_org_role', 'clerk_sync_active_org_id')
+           and pg_catalog.has_function_privilege('authenticated', p.oid, 'EXECUTE')
+           as authenticated,
        (p.proacl is null or exists (
            select 1 from pg_catalog.aclexplode(p.proacl) a
            where a.grantee = 0 and a.privilege_type = 'EXECUTE')) as public

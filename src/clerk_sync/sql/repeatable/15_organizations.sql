@@ -52,7 +52,9 @@ as $$
 $$;
 
 -- Why an organization or membership event cannot be applied (the message of the batch's
--- refusal), or null. organization.deleted carries only the id; a membership names its user in
+-- refusal), or null. Not inlined (SET search_path): inlined, its checks would be set up in the
+-- write path's first statement for every batch, user events alone too; as a call, only an
+-- organization event pays for it. organization.deleted carries only the id; a membership names its user in
 -- public_user_data and carries its organization in full, whose updated_at orders it.
 create or replace function clerk_sync.organization_event_problem(
     p_type text, p_kind text, p_data jsonb
@@ -61,6 +63,7 @@ returns text
 language sql
 immutable
 parallel safe
+set search_path = ''
 as $$
     select p_type || ' event ' || case
         when p_kind = 'organization_delete' then

@@ -29,8 +29,12 @@ stable
 rows 10
 as $$
     select k.n, k.svix_id, k.event, k.type, k.kind, k.user_ref #>> '{}',
-           case when k.kind like 'organization%' then k.data ->> 'id'
-                when k.kind like 'membership%' then k.data -> 'organization' ->> 'id' end,
+           case k.kind
+               when 'organization' then k.data ->> 'id'
+               when 'organization_delete' then k.data ->> 'id'
+               when 'membership' then k.data -> 'organization' ->> 'id'
+               when 'membership_delete' then k.data -> 'organization' ->> 'id'
+           end,
            case when k.kind = 'profile' then clerk_sync.ms_to_timestamptz(k.data -> 'updated_at') end,
            case k.kind
                when 'profile' then clerk_sync.ms_to_timestamptz(k.data -> 'last_sign_in_at')
@@ -46,7 +50,8 @@ as $$
                    then 'not a Clerk event: the ' || k.type || ' event has no object "data"'
                when k.kind = 'ignore'
                    then null
-               when k.kind like 'organization%' or k.kind like 'membership%'
+               when k.kind in ('organization', 'organization_delete', 'membership',
+                               'membership_delete')
                    then clerk_sync.organization_event_problem(k.type, k.kind, k.data)
                when pg_catalog.jsonb_typeof(k.user_ref) is distinct from 'string'
                     or k.user_ref = '""' or pg_catalog.length(k.user_ref #>> '{}') > 255
