@@ -42,12 +42,12 @@ as $$
            end,
            case
                when pg_catalog.jsonb_typeof(k.event) is distinct from 'object'
-                   then 'not a Clerk event: the body is not a JSON object'
+                   then 'the body is not a JSON object'
                when pg_catalog.jsonb_typeof(k.event -> 'type') is distinct from 'string'
                     or k.type = '' or pg_catalog.length(k.type) > 100
-                   then 'not a Clerk event: it has no string "type"'
+                   then 'it has no string "type"'
                when pg_catalog.jsonb_typeof(k.data) is distinct from 'object'
-                   then 'not a Clerk event: the ' || k.type || ' event has no object "data"'
+                   then 'the ' || k.type || ' event has no object "data"'
                when k.kind = 'ignore'
                    then null
                when k.kind in ('organization', 'organization_delete', 'membership',
