@@ -31,6 +31,7 @@ from clerk_sync import migrations
 from clerk_sync.testing import (  # noqa: F401 (the tests use them as support.*)
     deleted_event,
     dumps,
+    invitation_event,
     make_secret,
     membership_event,
     organization,
@@ -116,7 +117,7 @@ def drop_database(server_dsn: str, dsn: str) -> None:
 CLEAN_SQL = """
 truncate public.users, clerk_sync.inbox, clerk_sync.tombstones, clerk_sync.pending_sign_ins,
     public.organizations, public.organization_memberships, clerk_sync.organization_tombstones,
-    clerk_sync.membership_tombstones
+    clerk_sync.membership_tombstones, public.organization_invitations
 """
 
 

@@ -471,6 +471,16 @@ def test_serve_dev_on_the_embedded_database_with_send_test(tmp_path: Path) -> No
             assert result.returncode == 0 and "duplicate" in result.stdout, result
             rows = support.fetch(dsn, "select first_name from public.users where id = 'user_dev1'")
             assert rows == [{"first_name": "Devon"}]
+            for action in ("created", "accepted"):
+                result = send_test(
+                    data_dir, elsewhere, f"organizationInvitation.{action}", "--url", url,
+                    "--org-id", "org_dev", "--user-id", "user_dev1",
+                )  # fmt: skip
+                assert result.returncode == 0 and "applied" in result.stdout, result
+            rows = support.fetch(dsn, "select organization_id, status, user_id"
+                                      " from public.organization_invitations")  # fmt: skip
+            assert rows == [{"organization_id": "org_dev", "status": "accepted",
+                             "user_id": "user_dev1"}]  # fmt: skip
         assert "Traceback" not in server.output(), server.output()
         assert_secret_not_shown(server.output(), secret)
         # A process manager stops serve with SIGTERM: its embedded PostgreSQL must stop too.

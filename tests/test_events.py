@@ -61,6 +61,8 @@ def test_every_example_parses(path: Path) -> None:
         assert event.user_id == data["user_id"]
     elif path.stem.startswith("organizationMembership."):
         assert event.user_id == data["public_user_data"]["user_id"]
+    elif path.stem == "organizationInvitation.accepted":
+        assert event.user_id == data["user_id"]
     else:
         assert event.user_id is None
 

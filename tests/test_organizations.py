@@ -1,8 +1,9 @@
-"""Organizations and memberships (the contract's v2 section), through the webhook: signed
-deliveries into public.organizations and public.organization_memberships. The first tests pin the
-cases that break hand-written handlers; the property test then checks that random streams of user,
-organization and membership events, repeated and shuffled, end in the rows a model of the contract
-predicts, whether applied one by one or in batches.
+"""Organizations, memberships and invitations (the contract's v2 section), through the webhook:
+signed deliveries into public.organizations, public.organization_memberships and
+public.organization_invitations. The first tests pin the cases that break hand-written handlers;
+the property test then checks that random streams of user, organization, membership and
+invitation events, repeated and shuffled, end in the rows a model of the contract predicts,
+whether applied one by one or in batches.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ select id, organization_id, user_id, role, permissions, public_metadata, created
        deleted_at
 from public.organization_memberships order by id
 """
+INVITATION_SQL = """
+select id, organization_id, email_address, role, status, inviter_id, user_id, public_metadata,
+       expires_at, created_at, updated_at, deleted_at
+from public.organization_invitations order by id
+"""
 
 
 def ms(value: int) -> datetime:
@@ -61,6 +67,10 @@ def orgs(db: str) -> dict[str, dict[str, Any]]:
 
 def members(db: str) -> dict[str, dict[str, Any]]:
     return {r.pop("id"): r for r in support.fetch(db, MEMBER_SQL)}
+
+
+def invitations(db: str) -> dict[str, dict[str, Any]]:
+    return {r.pop("id"): r for r in support.fetch(db, INVITATION_SQL)}
 
 
 def live(db: str) -> dict[str, tuple[str, str, str | None]]:
@@ -94,15 +104,20 @@ def mem_ev(event_type: str, mid: str, org_id: str, user_id: str, at: int, **kw: 
     return support.membership_event(event_type, mid, org_id, user_id, at, **kw)
 
 
+def inv_ev(action: str, inv_id: str, org_id: str, at: int, **kw: Any) -> dict[str, Any]:
+    return support.invitation_event(f"organizationInvitation.{action}", inv_id, org_id, at, **kw)
+
+
 # --- Clerk's examples ---------------------------------------------------------------------------
+
+
+def example(name: str) -> bytes:
+    return (EXAMPLES_DIR / f"{name}.json").read_bytes()
 
 
 def test_the_examples_are_applied_in_any_order(
     client: TestClient, secret: tuple[str, bytes], db: str
 ) -> None:
-    def example(name: str) -> bytes:
-        return (EXAMPLES_DIR / f"{name}.json").read_bytes()
-
     key = secret[1]
     assert deliver(client, key, example("organizationMembership.updated"), "m1") == "applied"
     assert deliver(client, key, example("organization.created"), "m2") == "stale"
@@ -349,6 +364,195 @@ def test_org_events_and_user_events_share_one_batch(db: str) -> None:
     assert members(db)["mem_1"]["deleted_at"] is not None
 
 
+# --- invitations -------------------------------------------------------------------------------
+
+
+def test_the_invitation_examples_are_applied_in_any_order(
+    client: TestClient, secret: tuple[str, bytes], db: str
+) -> None:
+    key = secret[1]
+    inv_id, user_id = "orginv_2g7np7Hrk0SN6kj5EDMLDaKNL0S", "user_2h8op3Isl1QR7tKu5FGNfaLKEoU"
+    assert deliver(client, key, example("organizationInvitation.accepted"), "i1") == "applied"
+    assert deliver(client, key, example("organizationInvitation.created"), "i2") == "stale"
+    # Clerk's revoked example has the accepted one's updated_at: equal is stale.
+    assert deliver(client, key, example("organizationInvitation.revoked"), "i3") == "stale"
+    assert deliver(client, key, example("organizationInvitation.accepted"), "i1") == "duplicate"
+    assert invitations(db) == {
+        inv_id: {
+            "organization_id": "org_2g7np7Hrk0SN6kj5EDMLDaKNL0S",
+            "email_address": "jane.doe@acme.com",
+            "role": "org:member",
+            "status": "accepted",
+            "inviter_id": None,
+            "user_id": user_id,
+            "public_metadata": "{}",
+            "expires_at": ms(1717487999000),
+            "created_at": ms(1716883200000),
+            "updated_at": ms(1716883500000),
+            "deleted_at": None,
+        }
+    }
+    # An invitation carries no organization: none is written for it.
+    assert orgs(db) == {}
+    inbox = support.fetch(db, "select svix_id, event_type, user_id, outcome from clerk_sync.inbox")
+    assert sorted(inbox, key=lambda r: r["svix_id"]) == [
+        {"svix_id": "i1", "event_type": "organizationInvitation.accepted", "user_id": user_id,
+         "outcome": "applied"},
+        {"svix_id": "i2", "event_type": "organizationInvitation.created", "user_id": None,
+         "outcome": "stale"},
+        {"svix_id": "i3", "event_type": "organizationInvitation.revoked", "user_id": None,
+         "outcome": "stale"},
+    ]  # fmt: skip
+
+
+def test_neither_private_metadata_nor_the_url_is_stored(
+    client: TestClient, secret: tuple[str, bytes], db: str
+) -> None:
+    for n, action in enumerate(["created", "accepted"]):
+        deliver(client, secret[1], inv_ev(action, "orginv_p", "org_p", T + n), f"i{n}")
+    text = json.dumps(invitations(db), default=str)
+    assert "never" not in text and "private" not in text and "token" not in text
+    columns = support.fetch(
+        db,
+        "select column_name from information_schema.columns"
+        " where table_schema = 'public' and table_name = 'organization_invitations'",
+    )
+    assert not {"url", "private_metadata"} & {c["column_name"] for c in columns}
+
+
+@pytest.mark.parametrize(
+    "order",
+    [("created", "accepted", "revoked"), ("revoked", "created", "accepted"),
+     ("accepted", "revoked", "created"), ("revoked", "accepted", "created")],
+)  # fmt: skip
+def test_the_greatest_updated_at_wins_whatever_the_order(
+    client: TestClient, secret: tuple[str, bytes], db: str, order: tuple[str, ...]
+) -> None:
+    version = {"created": T, "accepted": T + 1, "revoked": T + 2}
+    newest = 0
+    for n, action in enumerate(order):
+        event = inv_ev(action, "orginv_o", "org_o", version[action], role="org:" + action)
+        want = "applied" if version[action] > newest else "stale"
+        newest = max(newest, version[action])
+        assert deliver(client, secret[1], event, f"i{n}") == want, action
+    # An equal updated_at under another svix-id is stale too.
+    again = inv_ev("created", "orginv_o", "org_o", T + 2, role="org:again")
+    assert deliver(client, secret[1], again, "i_equal") == "stale"
+    [row] = invitations(db).values()
+    assert (row["status"], row["role"], row["updated_at"]) == ("revoked", "org:revoked", ms(T + 2))
+    assert row["user_id"] is None  # the accepted event's user_id was older
+
+
+def test_expiry_is_read_from_expires_at(
+    client: TestClient, secret: tuple[str, bytes], db: str
+) -> None:
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    for n, (inv_id, expires_at) in enumerate([("orginv_open", now + 3_600_000),
+                                              ("orginv_expired", now - 1)]):  # fmt: skip
+        event = inv_ev("created", inv_id, "org_e", T, expires_at=expires_at)
+        deliver(client, secret[1], event, f"i{n}")
+    open_ones = support.fetch(
+        db,
+        "select id from public.organization_invitations"
+        " where status = 'pending' and expires_at > now() and deleted_at is null",
+    )
+    assert open_ones == [{"id": "orginv_open"}]
+
+
+def test_a_deleted_organization_ends_its_invitations(
+    client: TestClient, secret: tuple[str, bytes], db: str
+) -> None:
+    key = secret[1]
+    assert deliver(client, key, inv_ev("created", "orginv_1", "org_x", T), "i1") == "applied"
+    assert deliver(client, key, inv_ev("accepted", "orginv_2", "org_x", T), "i2") == "applied"
+    assert deliver(client, key, inv_ev("created", "orginv_3", "org_y", T), "i3") == "applied"
+    assert deliver(client, key, org_ev("organization.deleted", "org_x", 0), "d1") == "applied"
+    rows = invitations(db)
+    assert {k for k, r in rows.items() if r["deleted_at"] is not None} == {"orginv_1", "orginv_2"}
+    assert rows["orginv_1"]["status"] == "pending"  # as Clerk last said; deleted_at says the rest
+    # Later-arriving events for the organization's invitations, old or new, are stale.
+    assert deliver(client, key, inv_ev("revoked", "orginv_1", "org_x", T + 9), "i4") == "stale"
+    assert deliver(client, key, inv_ev("created", "orginv_4", "org_x", T + 9), "i5") == "stale"
+    assert invitations(db) == rows
+    # A second delete changes nothing.
+    assert deliver(client, key, org_ev("organization.deleted", "org_x", 0), "d2") == "stale"
+    assert deliver(client, key, inv_ev("revoked", "orginv_3", "org_y", T + 1), "i6") == "applied"
+
+
+def test_hard_delete_removes_the_invitations_and_keeps_them_out(
+    hard_client: TestClient, secret: tuple[str, bytes], db: str
+) -> None:
+    key = secret[1]
+    for n, (inv_id, org_id) in enumerate([("orginv_1", "org_h"), ("orginv_2", "org_h"),
+                                          ("orginv_3", "org_k")]):  # fmt: skip
+        deliver(hard_client, key, inv_ev("created", inv_id, org_id, T), f"i{n}")
+    assert deliver(hard_client, key, org_ev("organization.deleted", "org_h", 0), "d1") == "applied"
+    assert set(invitations(db)) == {"orginv_3"}
+    assert tombstoned(db)[0] == {"org_h"}
+    late = inv_ev("accepted", "orginv_1", "org_h", T + 1)
+    assert deliver(hard_client, key, late, "i_late") == "stale"
+    assert set(invitations(db)) == {"orginv_3"}
+
+
+def test_an_invitation_and_its_organizations_delete_in_one_batch(db: str) -> None:
+    events = [
+        ("b1", inv_ev("created", "orginv_1", "org_1", T)),
+        ("b2", org_ev("organization.deleted", "org_1", 0)),
+        ("b3", inv_ev("accepted", "orginv_1", "org_1", T + 1)),
+        ("b4", inv_ev("created", "orginv_2", "org_2", T)),
+        ("b4", inv_ev("created", "orginv_2", "org_2", T)),
+    ]
+    outcomes = apply_batch(db, events, "soft")
+    assert outcomes == ["applied", "applied", "stale", "applied", "duplicate"]
+    rows = invitations(db)
+    assert rows["orginv_1"]["status"] == "pending" and rows["orginv_1"]["deleted_at"] is not None
+    assert rows["orginv_2"]["deleted_at"] is None
+
+
+def test_a_user_deleted_keeps_the_invitation_they_accepted(
+    client: TestClient, secret: tuple[str, bytes], db: str
+) -> None:
+    """An invitation is to an email address, not a user: user.deleted ends memberships only."""
+    key = secret[1]
+    accepted = inv_ev("accepted", "orginv_u", "org_u", T, user_id="user_u")
+    assert deliver(client, key, accepted, "i1") == "applied"
+    assert deliver(client, key, support.deleted_event("user_u"), "d1") == "applied"
+    assert invitations(db)["orginv_u"]["deleted_at"] is None
+
+
+def _without(field: str) -> dict[str, Any]:
+    event = inv_ev("created", "orginv_bad", "org_bad", T)
+    del event["data"][field]
+    return event
+
+
+@pytest.mark.parametrize(
+    ("event", "problem"),
+    [
+        (_without("id"), "organizationInvitation.created event without an invitation id"),
+        (_without("updated_at"), "organizationInvitation.created event without a millisecond updated_at"),
+        (_without("organization_id"), "organizationInvitation.created event without an organization id"),
+        (inv_ev("accepted", "orginv_bad", "org_bad", T, user_id=""),
+         "organizationInvitation.accepted event with a malformed user_id"),
+        (inv_ev("revoked", "orginv_bad", "org_bad", T, expires_at="soon"),
+         "organizationInvitation.revoked event with a malformed expires_at"),
+    ],
+    ids=["no-id", "no-updated_at", "no-organization_id", "empty-user_id", "bad-expires_at"],
+)  # fmt: skip
+def test_an_invitation_event_that_cannot_be_applied_is_a_dead_letter(
+    client: TestClient, secret: tuple[str, bytes], db: str, event: dict[str, Any], problem: str
+) -> None:
+    body = support.dumps(event)
+    headers = support.signed_headers(secret[1], body, "i1")
+    response = client.post(ROUTE, content=body, headers=headers)
+    assert response.status_code == 400 and response.headers["webhook-delivery"] == "abort-message"
+    rows = support.fetch(db, "select outcome, error from clerk_sync.inbox")
+    assert rows == [
+        {"outcome": "invalid", "error": f"not a Clerk event: {problem} (22023, data exception)"}
+    ]
+    assert invitations(db) == {}
+
+
 # --- any order, any repetition: the model ------------------------------------------------------
 
 
@@ -378,20 +582,24 @@ MEMBERSHIPS = {
     "mem_3": ("org_1", "user_2", T + 1),
     "mem_4": ("org_2", "user_1", T + 2),
 }
+# Each invitation's organization.
+INVITATIONS = {"inv_1": "org_1", "inv_2": "org_1", "inv_3": "org_2"}
 
 
 @dataclass(frozen=True)
 class Ev:
     svix_id: str
-    kind: str  # org | org_delete | member | member_delete | user_delete
-    target: str  # the organization, membership or user id
+    kind: str  # org | org_delete | member | member_delete | user_delete | invite
+    target: str  # the organization, membership, user or invitation id
     version: int  # data.updated_at (unused by organization.deleted and user.deleted)
     org_version: int  # a membership's embedded organization's updated_at
-    label: str  # the name or role it writes
+    label: str  # the name or role it writes (an invitation: created, accepted or revoked)
 
     def event(self) -> dict[str, Any]:
         if self.kind == "user_delete":
             return support.deleted_event(self.target)
+        if self.kind == "invite":
+            return inv_ev(self.label, self.target, INVITATIONS[self.target], self.version)
         if self.kind in ("org", "org_delete"):
             kind = "organization.deleted" if self.kind == "org_delete" else "organization.updated"
             return org_ev(kind, self.target, self.version, name=self.label)
@@ -409,6 +617,7 @@ class Model:
     hard: bool
     orgs: dict[str, tuple[int, str, bool]]  # id: (updated_at, name, deleted)
     members: dict[str, tuple[int, str, bool]]  # id: (updated_at, role, ended)
+    invites: dict[str, tuple[int, str, bool]]  # id: (updated_at, status, ended)
     org_tombs: set[str]
     member_tombs: set[str]
     user_tombs: set[str]
@@ -449,6 +658,11 @@ class Model:
             for mid in [m for m in self.members if MEMBERSHIPS[m][0] == ev.target]:
                 if self.hard or self.live(mid):
                     self.end(mid)
+            for iid in [i for i in self.invites if INVITATIONS[i] == ev.target]:
+                if self.hard:
+                    self.invites.pop(iid)
+                else:
+                    self.invites[iid] = (*self.invites[iid][:2], True)
             if self.hard:
                 self.orgs.pop(ev.target, None)
             elif ev.target in self.orgs:
@@ -456,6 +670,14 @@ class Model:
             return "applied"
         if ev.kind == "org":
             return "applied" if self.write_org(ev.target, ev.version, ev.label) else "stale"
+        if ev.kind == "invite":
+            if INVITATIONS[ev.target] in self.org_tombs or (
+                ev.target in self.invites and self.invites[ev.target][0] >= ev.version
+            ):
+                return "stale"
+            status = "pending" if ev.label == "created" else ev.label
+            self.invites[ev.target] = (ev.version, status, False)
+            return "applied"
         org_id, user_id, created = MEMBERSHIPS[ev.target]
         changed = self.write_org(org_id, ev.org_version, "E" + str(ev.org_version))
         if org_id in self.org_tombs or user_id in self.user_tombs or ev.target in self.member_tombs:
@@ -499,18 +721,35 @@ def events_strategy() -> st.SearchStrategy[list[Ev]]:
     user_delete = st.builds(
         lambda u: ("user_delete", u, 0, 0, ""), st.sampled_from(["user_1", "user_2"])
     )
-    one = st.one_of(member, member, org, org_delete, user_delete)
+    invite = st.builds(
+        lambda i, v, a: ("invite", i, v, 0, a),
+        st.sampled_from(sorted(INVITATIONS)),
+        versions,
+        st.sampled_from(["created", "accepted", "revoked"]),
+    )
+    one = st.one_of(member, member, org, org_delete, user_delete, invite)
     return st.lists(one, max_size=14).map(
         lambda items: [Ev(f"msg_{i}", *item) for i, item in enumerate(items)]
     )
 
 
-def observed(db: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def observed(db: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     o = {k: (r["updated_at"], r["name"], r["deleted_at"] is not None) for k, r in orgs(db).items()}
     m = {
         k: (r["updated_at"], r["role"], r["deleted_at"] is not None) for k, r in members(db).items()
     }
-    return o, m
+    i = {
+        k: (r["updated_at"], r["status"], r["deleted_at"] is not None)
+        for k, r in invitations(db).items()
+    }
+    return o, m, i
+
+
+def expected(model: Model) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    return tuple(  # type: ignore[return-value]
+        {k: (ms(v), label, ended) for k, (v, label, ended) in rows.items()}
+        for rows in (model.orgs, model.members, model.invites)
+    )
 
 
 @settings(
@@ -543,11 +782,9 @@ def test_any_order_and_repetition_ends_in_the_model_rows(
             db, [(ev.svix_id, ev.event()) for ev in chunk], "hard" if hard else "soft"
         )
 
-    model = Model(hard, {}, {}, set(), set(), set(), set())
+    model = Model(hard, {}, {}, {}, set(), set(), set(), set())
     assert outcomes == [model.apply(ev) for ev in arrivals]
-    want_orgs = {k: (ms(v), n, d) for k, (v, n, d) in model.orgs.items()}
-    want_members = {k: (ms(v), r, e) for k, (v, r, e) in model.members.items()}
-    assert observed(db) == (want_orgs, want_members)
+    assert observed(db) == expected(model)
     assert tombstoned(db)[0] == model.org_tombs
     live_pairs = [MEMBERSHIPS[m][:2] for m in model.members if model.live(m)]
     assert len(live_pairs) == len(set(live_pairs))
@@ -572,6 +809,24 @@ def test_send_test_builds_each_organization_event_with_its_overrides(
     assert set(orgs(db)) == {"org_sent"} and orgs(db)["org_sent"]["deleted_at"] is not None
     [member] = members(db).values()
     assert member["user_id"] == "user_sent" and member["deleted_at"] is not None
+
+
+def test_send_test_builds_each_invitation_event_with_its_overrides(
+    client: TestClient, secret: tuple[str, bytes], db: str
+) -> None:
+    from clerk_sync.sendtest import Overrides, build_event
+
+    for n, action in enumerate(["created", "accepted", "revoked"]):
+        o = Overrides("user_sent", "sent@example.com", updated_at=T + n, org_id="org_sent")
+        event = build_event(f"organizationInvitation.{action}", o)
+        assert deliver(client, secret[1], event, f"i{n}") == "applied", action
+        [row] = invitations(db).values()
+        assert (row["organization_id"], row["email_address"]) == ("org_sent", "sent@example.com")
+        assert row["status"] == ("pending" if action == "created" else action)
+        assert row["user_id"] == ("user_sent" if action == "accepted" else None)
+    # Without --updated-at, each is sent as of now: newer than the one before.
+    event = build_event("organizationInvitation.created", Overrides(org_id="org_sent"))
+    assert deliver(client, secret[1], event, "i_now") == "applied"
 
 
 # --- concurrency --------------------------------------------------------------------------------
@@ -626,10 +881,8 @@ def test_concurrent_writers_end_in_the_model_rows_of_their_commit_order(
 
     # A batch without a transaction id wrote nothing: all its events were duplicates.
     done.sort(key=lambda batch: (batch[0] is None, batch[0] or 0))
-    model = Model(hard, {}, {}, set(), set(), set(), set())
+    model = Model(hard, {}, {}, {}, set(), set(), set(), set())
     for _, chunk, outcomes in done:
         assert outcomes == [model.apply(ev) for ev in chunk], chunk
-    want_orgs = {k: (ms(v), n, d) for k, (v, n, d) in model.orgs.items()}
-    want_members = {k: (ms(v), r, e) for k, (v, r, e) in model.members.items()}
-    assert observed(db) == (want_orgs, want_members)
+    assert observed(db) == expected(model)
     assert tombstoned(db)[0] == model.org_tombs

@@ -465,3 +465,34 @@ def test_a_dead_letter_an_apps_constraint_still_refuses_stays_one(db: str, cause
     # Once the cause is gone, the same replay applies it.
     [again] = replay_ids(db, ["msg_bob"])
     assert again.new_outcome == "applied"
+
+
+def test_a_dead_lettered_invitation_replays_once_its_cause_is_fixed(db: str) -> None:
+    """An invitation the app's own constraint refused stays a dead letter until it is dropped;
+    then the replay applies it, once."""
+    support.execute(
+        db,
+        "alter table public.organization_invitations add constraint app_no_blocked"
+        " check (email_address not like '%@blocked.example')",
+    )
+    event = support.invitation_event(
+        "organizationInvitation.created", "orginv_dl", "org_dl", UPDATED_AT,
+        email_address="x@blocked.example",
+    )  # fmt: skip
+    add_dead_letter(db, "msg_inv_dl", support.dumps(event))
+    try:
+        [result] = replay_ids(db, ["msg_inv_dl"])
+        assert (result.old_outcome, result.new_outcome) == ("invalid", "invalid")
+    finally:
+        support.execute(
+            db, "alter table public.organization_invitations drop constraint app_no_blocked"
+        )
+    [result] = replay_ids(db, ["msg_inv_dl"])
+    assert (result.type, result.old_outcome, result.new_outcome) == (
+        "organizationInvitation.created",
+        "invalid",
+        "applied",
+    )
+    rows = support.fetch(db, "select id, status from public.organization_invitations")
+    assert rows == [{"id": "orginv_dl", "status": "pending"}]
+    assert replay_ids(db, ["msg_inv_dl"])[0].new_outcome == "stale"

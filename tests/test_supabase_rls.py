@@ -9,6 +9,7 @@ and says so.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,12 @@ import pytest
 
 from clerk_sync import migrations
 from tests import support
-from tests.postgrest_standin import AUTH_JWT_SQL, SUPABASE_AUTH_SQL, create_supabase_database
+from tests.postgrest_standin import (
+    AUTH_JWT_SQL,
+    SUPABASE_AUTH_SQL,
+    create_supabase_database,
+    create_supabase_roles,
+)
 from tests.test_cli import clerk_sync as run_cli
 
 USER_A, USER_B = "user_a", "user_b"
@@ -187,7 +193,7 @@ def test_the_catalog_says_the_same(supabase_db: str) -> None:
         assert "search_path=" in f["config"], f  # a SECURITY DEFINER function pins its path
         expected = (False, True, False) if f["proname"] in HELPERS else (False, False, True)
         assert (f["anon"], f["authenticated"], f["service_role"]) == expected, f
-    for table in ("organizations", "organization_memberships"):
+    for table in ("organizations", "organization_memberships"):  # invitations: below
         [row] = support.fetch(
             supabase_db,
             f"select relrowsecurity from pg_class where oid = 'public.{table}'::regclass",
@@ -252,18 +258,23 @@ ORG_WRITES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def org_db(supabase_db: str) -> str:
-    for n, event in enumerate(ORG_EVENTS):
+def apply_as_service_role(dsn: str, events: list[dict[str, Any]], prefix: str) -> str:
+    """Deliver each event as clerk-sync does on Supabase; each one applies."""
+    for n, event in enumerate(events):
         got = as_role(
-            supabase_db,
+            dsn,
             "service_role",
             "select public.clerk_sync_apply($1, $2::jsonb, 'soft') as outcome",
-            f"msg_org_{n}",
+            f"{prefix}_{n}",
             json.dumps(event),
         )
         assert got == [{"outcome": "applied"}]
-    return supabase_db
+    return dsn
+
+
+@pytest.fixture(scope="module")
+def org_db(supabase_db: str) -> str:
+    return apply_as_service_role(supabase_db, ORG_EVENTS, "msg_org")
 
 
 def read(dsn: str, claims: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -345,6 +356,117 @@ def test_the_service_role_writes_organizations_but_has_no_helpers(org_db: str) -
     rows = as_role(org_db, "service_role", "select id from public.organizations order by 1")
     assert [r["id"] for r in rows] == ["org_1", "org_2", "org_3"]
     assert_denied(org_db, "service_role", "select public.clerk_sync_is_member('org_1')")
+
+
+# --- invitations ---------------------------------------------------------------------------------
+
+INVITATION_EVENTS = [
+    # org_1 (user_a its admin, user_b removed): two; org_3 (user_b a plain member): one.
+    support.invitation_event("organizationInvitation.created", "orginv_1a", "org_1", T),
+    support.invitation_event("organizationInvitation.accepted", "orginv_1b", "org_1", T,
+                             user_id="user_new"),
+    support.invitation_event("organizationInvitation.created", "orginv_3", "org_3", T),
+]  # fmt: skip
+INVITATIONS = "select id from public.organization_invitations order by 1"
+INVITATION_WRITES = [
+    "insert into public.organization_invitations (id, organization_id) values ('x', 'org_1')",
+    "update public.organization_invitations set role = 'org:admin'",
+    "delete from public.organization_invitations",
+    "truncate public.organization_invitations",
+]
+DOCS = Path(__file__).parent.parent / "docs" / "supabase.md"
+
+
+@pytest.fixture(scope="module")
+def invitation_db(org_db: str) -> str:
+    return apply_as_service_role(org_db, INVITATION_EVENTS, "msg_inv")
+
+
+def documented_invitations_policy() -> str:
+    """The SQL docs/supabase.md gives for letting admins read their invitations, as written."""
+    blocks = re.findall(r"```sql\n(.*?)```", DOCS.read_text(), re.S)
+    [block] = [b for b in blocks if "on public.organization_invitations" in b]
+    return block
+
+
+@pytest.mark.parametrize("query", [INVITATIONS, *INVITATION_WRITES])
+def test_no_client_role_reads_or_writes_invitations_by_default(
+    invitation_db: str, query: str
+) -> None:
+    assert_denied(invitation_db, "anon", query)
+    for claims in (SIGNED_IN_AS_A, SIGNED_IN_AS_B, STRANGER):
+        assert_denied(invitation_db, "authenticated", query, claims=claims)
+
+
+def test_the_service_role_reads_the_invitations(invitation_db: str) -> None:
+    rows = as_role(invitation_db, "service_role", INVITATIONS)
+    assert [r["id"] for r in rows] == ["orginv_1a", "orginv_1b", "orginv_3"]
+    [table] = support.fetch(
+        invitation_db,
+        """select c.relrowsecurity as rls,
+                  (select count(*) from pg_policies p where p.tablename = c.relname) as policies
+           from pg_class c where c.oid = 'public.organization_invitations'::regclass""",
+    )
+    assert table == {"rls": True, "policies": 0}
+
+
+def test_with_the_documented_policy_admins_read_their_organizations_invitations(
+    invitation_db: str,
+) -> None:
+    def read_as(claims: dict[str, Any]) -> list[str]:
+        rows = as_role(invitation_db, "authenticated", INVITATIONS, claims=claims)
+        return [r["id"] for r in rows]
+
+    support.execute(invitation_db, documented_invitations_policy())
+    try:
+        assert read_as(SIGNED_IN_AS_A) == ["orginv_1a", "orginv_1b"]  # org_1's admin
+        assert read_as(SIGNED_IN_AS_B) == []  # a plain member of org_3, removed from org_1
+        assert read_as(STRANGER) == []
+        assert read_as({"role": "authenticated"}) == []
+        assert_denied(invitation_db, "anon", INVITATIONS)
+        for query in INVITATION_WRITES:
+            assert_denied(invitation_db, "authenticated", query, claims=SIGNED_IN_AS_A)
+        # The lock-down runs again after every migration: the app's grant and policy survive.
+        support.execute(invitation_db, migrations.repeatables()[-1].sql)
+        assert read_as(SIGNED_IN_AS_A) == ["orginv_1a", "orginv_1b"]
+        assert_denied(invitation_db, "anon", INVITATIONS)
+    finally:
+        support.execute(
+            invitation_db,
+            """drop policy "org admins read their organization's invitations"
+                   on public.organization_invitations;
+               revoke select on public.organization_invitations from authenticated""",
+        )
+
+
+def test_supabases_default_grants_are_taken_back_from_the_invitations(pg_server: str) -> None:
+    """Supabase grants anon and authenticated everything on each new table in public."""
+    create_supabase_roles(pg_server)
+    dsn = support.create_database(pg_server, migrate=False)
+    try:
+        support.execute(
+            dsn,
+            SUPABASE_AUTH_SQL + "alter default privileges in schema public"
+            " grant all on tables to anon, authenticated, service_role;",
+        )
+        support.migrate_database(dsn)
+        privileges = support.fetch(
+            dsn,
+            """select r.rolname, array(select p from unnest(array['select', 'insert', 'update',
+                      'delete', 'truncate', 'references', 'trigger']) as p
+                      where has_table_privilege(r.rolname, 'public.organization_invitations', p))
+                      as granted
+               from pg_roles r where r.rolname in ('anon', 'authenticated', 'service_role')
+               order by 1""",
+        )
+        assert privileges == [
+            {"rolname": "anon", "granted": []},
+            {"rolname": "authenticated", "granted": []},
+            {"rolname": "service_role", "granted": ["select", "insert", "update", "delete",
+                                                    "truncate", "references", "trigger"]},
+        ]  # fmt: skip
+    finally:
+        support.drop_database(pg_server, dsn)
 
 
 # --- plain PostgreSQL ---------------------------------------------------------------------------

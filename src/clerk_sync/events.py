@@ -19,13 +19,21 @@ from clerk_sync.errors import Refused
 
 # The event types whose data changes public.users. organization.* and organizationMembership.*
 # change public.organizations and public.organization_memberships (a membership names its user in
-# public_user_data). Every other type is recorded and ignored.
+# public_user_data), organizationInvitation.* public.organization_invitations (an accepted one
+# names its user in user_id). Every other type is recorded and ignored.
 USER_EVENT_TYPES = frozenset({"user.created", "user.updated", "user.deleted"})
 MEMBERSHIP_EVENT_TYPES = frozenset(
     {
         "organizationMembership.created",
         "organizationMembership.updated",
         "organizationMembership.deleted",
+    }
+)
+INVITATION_EVENT_TYPES = frozenset(
+    {
+        "organizationInvitation.created",
+        "organizationInvitation.accepted",
+        "organizationInvitation.revoked",
     }
 )
 SIGN_IN_EVENT_TYPE = "session.created"
@@ -139,6 +147,8 @@ def _named_user(event_type: str, data: dict[str, Any]) -> str | None:
     elif event_type in MEMBERSHIP_EVENT_TYPES:
         member = data.get("public_user_data")
         value = member.get("user_id") if isinstance(member, dict) else None
+    elif event_type in INVITATION_EVENT_TYPES:
+        value = data.get("user_id")
     else:
         return None
     return value if isinstance(value, str) else None

@@ -108,6 +108,15 @@ def build_event(event_type: str, overrides: Overrides | None = None) -> dict[str
         data["updated_at"] = o.updated_at if o.updated_at is not None else now_ms
         if o.user_id:
             data["public_user_data"]["user_id"] = o.user_id
+    elif event_type.startswith("organizationInvitation."):
+        # A fresh version, so that the example's created, accepted and revoked follow each other.
+        data["updated_at"] = o.updated_at if o.updated_at is not None else now_ms
+        if o.org_id:
+            data["organization_id"] = o.org_id
+        if o.email:
+            data["email_address"] = o.email
+        if o.user_id and "user_id" in data:  # only accepted names the user
+            data["user_id"] = o.user_id
     return event
 
 

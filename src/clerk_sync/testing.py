@@ -21,6 +21,7 @@ from clerk_sync.verify import signed_headers
 __all__ = [
     "deleted_event",
     "dumps",
+    "invitation_event",
     "make_secret",
     "membership_event",
     "organization",
@@ -179,3 +180,43 @@ def membership_event(
         "updated_at": updated_at,
     }
     return {"object": "event", "type": event_type, "timestamp": 1_700_000_000, "data": membership}
+
+
+def invitation_event(
+    event_type: str,
+    invitation_id: str,
+    org_id: str,
+    updated_at: int,
+    *,
+    email_address: str = "invitee@example.com",
+    role: str = "org:member",
+    user_id: str | None = None,
+    created_at: int = 1_700_000_000_000,
+    expires_at: int = 1_700_000_000_000 + 30 * 86_400_000,
+    **data: Any,
+) -> dict[str, Any]:
+    """An organizationInvitation.created/accepted/revoked event; `accepted` names the user who
+    accepted (user_id, default `user_` + the invitation's id)."""
+    action = event_type.rpartition(".")[2]
+    invitation = {
+        "object": "organization_invitation",
+        "id": invitation_id,
+        "email_address": email_address,
+        "role": role,
+        "role_name": role.removeprefix("org:").title(),
+        "organization_id": org_id,
+        "inviter_id": "user_inviter",
+        "status": "pending" if action == "created" else action,
+        "public_metadata": {},
+        "private_metadata": {"secret": "never in public.organization_invitations"},
+        "url": "https://accounts.example.com/accept-invitation?token=never-stored",
+        "expires_at": expires_at,
+        "created_at": created_at,
+        "updated_at": updated_at,
+    }
+    if event_type == "organizationInvitation.accepted":
+        invitation["user_id"] = (
+            user_id if user_id is not None else "user_" + invitation_id.removeprefix("orginv_")
+        )
+    invitation.update(data)
+    return {"object": "event", "type": event_type, "timestamp": 1_700_000_000, "data": invitation}

@@ -86,15 +86,17 @@ as $$
     end
 $$;
 
--- Apply a batch's organization and membership events (the batch is valid and its locks are
--- held), one at a time in batch order: they are rare, and each sees what the one before wrote.
+-- Apply a batch's organization, membership and invitation events (the batch is valid and its
+-- locks are held), one at a time in batch order: they are rare, and each sees what the one
+-- before wrote.
 -- Returns their outcomes, indexed by the event's position in the batch (null elsewhere); the
 -- caller records them in the inbox with the rest. The rules (docs: the contract's v2 section):
 --   * an organization's and a membership's columns come from the event with the greatest
 --     data.updated_at; an older or equal one is stale;
 --   * a membership writes its organization too, when that is newer (or new) and not deleted;
 --   * organization.deleted and organizationMembership.deleted always win (deleted_at, or the row
---     removed in hard mode, and a tombstone), and end the organization's live memberships; a
+--     removed in hard mode, and a tombstone), and end the organization's live memberships (and
+--     its invitations: 16_invitations.sql, whose rules invitation events follow); a
 --     user deleted earlier (in this batch or before) ends their live memberships and makes later
 --     membership events stale;
 --   * one live membership per organization and user: the one created later (then the greater
@@ -123,7 +125,8 @@ declare
 begin
     for v_event in
         -- Each svix-id's first delivery, unless handled before (as the batch's `fresh`).
-        select f.n, f.svix_id, f.kind, f.user_id, f.organization_id, f.event -> 'data' as data
+        select f.n, f.svix_id, f.type, f.kind, f.user_id, f.organization_id,
+               f.event -> 'data' as data
         from (
             select distinct on (b.svix_id) b.*
             from clerk_sync.batch_events(p_svix_ids, p_events) as b
@@ -154,10 +157,18 @@ begin
         v_org_deleted := exists (select 1 from clerk_sync.organization_tombstones as t
                                  where t.organization_id = v_event.organization_id);
 
+        if v_event.kind = 'invitation' then
+            v_outcomes[v_event.n] := clerk_sync.apply_invitation_event(
+                v_event.type, v_event.data, v_org_deleted);
+            continue;
+        end if;
+
         if v_event.kind = 'organization_delete' then
             if not v_org_deleted then
                 insert into clerk_sync.organization_tombstones (organization_id, deleted_at, svix_id)
                 values (v_event.organization_id, now(), v_event.svix_id);
+                perform clerk_sync.end_organization_invitations(v_event.organization_id,
+                                                                p_delete_mode);
                 if p_delete_mode = 'hard' then
                     delete from public.organization_memberships as m
                     where m.organization_id = v_event.organization_id;

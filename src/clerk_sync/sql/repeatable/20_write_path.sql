@@ -18,6 +18,9 @@
 --   kinds 'organization', 'organization_delete', 'membership', 'membership_delete'
 --                   organization.* and organizationMembership.*, with their organization's id
 --                   (and a membership's user): sql/repeatable/15_organizations.sql
+--   kind 'invitation'
+--                   organizationInvitation.*, with its organization_id (and, once accepted,
+--                   its user_id): sql/repeatable/16_invitations.sql
 --   kind 'ignore'   every other type
 create or replace function clerk_sync.batch_events(p_svix_ids text[], p_events jsonb[])
 returns table (
@@ -34,6 +37,7 @@ as $$
                when 'organization_delete' then k.data ->> 'id'
                when 'membership' then k.data -> 'organization' ->> 'id'
                when 'membership_delete' then k.data -> 'organization' ->> 'id'
+               when 'invitation' then k.data ->> 'organization_id'
            end,
            case when k.kind = 'profile' then clerk_sync.ms_to_timestamptz(k.data -> 'updated_at') end,
            case k.kind
@@ -53,6 +57,8 @@ as $$
                when k.kind in ('organization', 'organization_delete', 'membership',
                                'membership_delete')
                    then clerk_sync.organization_event_problem(k.type, k.kind, k.data)
+               when k.kind = 'invitation'
+                   then clerk_sync.invitation_event_problem(k.type, k.data)
                when pg_catalog.jsonb_typeof(k.user_ref) is distinct from 'string'
                     or k.user_ref = '""' or pg_catalog.length(k.user_ref #>> '{}') > 255
                    then k.type || ' event without a user id'
@@ -82,6 +88,7 @@ as $$
                    when 'organization_delete' then null
                    when 'membership' then e.data -> 'public_user_data' -> 'user_id'
                    when 'membership_delete' then e.data -> 'public_user_data' -> 'user_id'
+                   when 'invitation' then e.data -> 'user_id'
                    else e.data -> 'id'
                end as user_ref,
                -- session.created: the user's last sign-in when it is sent, else the session's start.
@@ -105,6 +112,10 @@ as $$
                            then 'membership'
                        when u.event ->> 'type' = 'organizationMembership.deleted'
                            then 'membership_delete'
+                       when u.event ->> 'type' in ('organizationInvitation.created',
+                                                   'organizationInvitation.accepted',
+                                                   'organizationInvitation.revoked')
+                           then 'invitation'
                        else 'ignore'
                    end as kind
             from unnest(p_svix_ids, p_events) with ordinality as u(svix_id, event, n)

@@ -13,6 +13,10 @@
 --     helpers public.clerk_sync_is_member, clerk_sync_org_role and clerk_sync_active_org_id,
 --     for the app's own policies, executable by authenticated only (they read auth.jwt(), so
 --     they exist only here);
+--   * public.organization_invitations (invitees' email addresses): row-level security and no
+--     policy, so no client role reads it; anon has no privilege on it and no client role writes.
+--     authenticated's SELECT is the app's to grant with a policy of its own (docs/supabase.md):
+--     its migration took Supabase's default grants back once, and this leaves that one alone;
 --   * the public.clerk_sync_* functions: executable by service_role only, and SECURITY DEFINER,
 --     so that the service role needs no privilege on schema clerk_sync to call them;
 --   * schema clerk_sync (the inbox keeps raw payloads, private_metadata included): out of reach
@@ -127,6 +131,13 @@ begin
     grant select on table public.organizations, public.organization_memberships to authenticated;
     grant select, insert, update, delete
         on table public.organizations, public.organization_memberships to service_role;
+
+    -- Invitations: nobody reads them but the service role, unless the app's own policy says so.
+    alter table public.organization_invitations enable row level security;
+    revoke all on table public.organization_invitations from public, anon;
+    revoke insert, update, delete, truncate, references, trigger
+        on table public.organization_invitations from authenticated;
+    grant select, insert, update, delete on table public.organization_invitations to service_role;
 
     -- Bookkeeping stays private, now and for tables a later migration adds.
     revoke all on schema clerk_sync from public, anon, authenticated;
