@@ -137,9 +137,14 @@ def test_10000_users_then_a_rerun_changes_nothing(bdb: str, standin: StandIn) ->
             "outcome": "applied",
         }
     ]
-    runs = support.fetch(bdb, "select next_offset, outcome, counts from clerk_sync.backfill_runs")
-    assert [(r["next_offset"], r["outcome"]) for r in runs] == [(10_000, "completed")]
-    assert json.loads(runs[0]["counts"])["created"] == 10_000
+    runs = support.fetch(
+        bdb, "select resource, next_offset, outcome, counts from clerk_sync.backfill_runs"
+    )
+    # Users, then organizations, then memberships (none of either): it ended on the last.
+    assert [(r["resource"], r["next_offset"], r["outcome"]) for r in runs] == [
+        ("memberships", 0, "completed")
+    ]
+    assert json.loads(runs[0]["counts"])["users"]["created"] == 10_000
     assert scalar(bdb, "select count(*) from clerk_sync.backfill_seen") == 0  # forgotten when done
 
     inbox_before = scalar(bdb, "select count(*) from clerk_sync.inbox")
@@ -156,6 +161,7 @@ def test_an_interrupted_run_resumes_at_its_saved_offset(bdb: str, standin: Stand
         run_backfill(bdb, standin, max_attempts=2)
     assert scalar(bdb, "select count(*) from public.users") == 1500
     assert scalar(bdb, "select next_offset from clerk_sync.backfill_runs") == 1500
+    assert scalar(bdb, "select resource from clerk_sync.backfill_runs") == "users"
 
     # Meanwhile: a row that Clerk no longer has (to prune) and one Clerk changed on a page
     # already read (the resumed run does not go back for it: the next run will).
@@ -167,7 +173,7 @@ def test_an_interrupted_run_resumes_at_its_saved_offset(bdb: str, standin: Stand
 
     # The first pages were not read again (3000: the empty page that ends the listing).
     assert standin.page_offsets() == [1500, 2000, 2500, 3000]
-    assert result.resumed_from == 1500
+    assert result.of("users").resumed_from == 1500
     assert result.tally.created == 3000  # counted across both processes
     assert result.tally.deleted == 1  # the ids listed before the interruption were remembered
     assert scalar(bdb, "select count(*) from public.users where deleted_at is null") == 3000
@@ -184,7 +190,7 @@ def test_a_cancelled_run_keeps_only_whole_pages(bdb: str, standin: StandIn) -> N
     standin.users = clerk_users(2500)
 
     class CancelAfter(PlainReporter):
-        def page(self, done: int, tally: backfilling.Tally) -> None:
+        def page(self, resource: str, done: int, tally: backfilling.Tally) -> None:
             if done >= 1000:
                 raise KeyboardInterrupt  # as Ctrl-C would, in the middle of the run
 
@@ -261,7 +267,7 @@ def test_a_newer_webhook_wins_over_the_backfill(
     assert (result.tally.created, result.tally.stale) == (598, 2)
     assert user_row(bdb, user_a["id"])["first_name"] == "FromWebhook"
     assert user_row(bdb, user_b["id"])["first_name"] == "Racer"
-    assert set(result.samples["stale"]) == {user_a["id"], user_b["id"]}
+    assert set(result.of("users").samples["stale"]) == {user_a["id"], user_b["id"]}
 
 
 def test_a_deleted_user_is_not_revived(bdb: str, standin: StandIn) -> None:
@@ -369,7 +375,7 @@ def test_dry_run_writes_nothing(bdb: str, standin: StandIn) -> None:
     assert result.summary().startswith(
         "dry run, nothing written: 1200 users listed; would have created 1"
     )
-    assert result.samples == {
+    assert result.of("users").samples == {
         "updated": [standin.users[7]["id"]],
         "created": [standin.users[900]["id"]],
         "deleted": ["user_gone"],
@@ -450,9 +456,13 @@ def test_the_command_end_to_end(bdb: str, standin: StandIn, tmp_path: Path) -> N
 
     first = cli([], env, tmp_path)
     assert first.returncode == 3, first.stderr
-    assert first.stdout.strip().endswith(
+    users_line, organizations_line, memberships_line = first.stdout.strip().splitlines()
+    assert users_line.startswith("backfill complete: 1200 users listed in ")
+    assert users_line.endswith(
         "created 1200, updated 0, unchanged 0, stale 0, deleted 0, errors 0 (drift repaired)"
     )
+    assert organizations_line.startswith("backfill complete: 0 organizations listed in ")
+    assert memberships_line.endswith("(in sync)")
     assert "clerk-sync: backfill: 1200/1200 users" in first.stderr  # plain lines: not a terminal
     assert scalar(bdb, "select count(*) from public.users") == 1200
 
@@ -464,7 +474,7 @@ def test_the_command_end_to_end(bdb: str, standin: StandIn, tmp_path: Path) -> N
     dry = cli(["--dry-run"], env, tmp_path)
     assert dry.returncode == 4, dry.stderr
     assert "would have created 0, updated 1" in dry.stdout
-    assert f"clerk-sync: updated (first 1): {standin.users[0]['id']}" in dry.stderr
+    assert f"clerk-sync: users updated (first 1): {standin.users[0]['id']}" in dry.stderr
 
 
 def test_the_command_fails_fast_on_a_wrong_key(bdb: str, standin: StandIn, tmp_path: Path) -> None:
