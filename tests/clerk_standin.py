@@ -250,12 +250,12 @@ class StandIn:
             return _NOT_FOUND
         return self._list(path, query)
 
-    def _current_memberships(self) -> list[dict[str, Any]]:
-        """The memberships, each with its organization as it is now (as Clerk embeds it)."""
+    def _embedded(self, memberships: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """These memberships, each with its organization as it is now (as Clerk embeds it)."""
         by_id = {o["id"]: o for o in self.organizations}
         return [
             {**m, "organization": by_id.get(m["organization"]["id"], m["organization"])}
-            for m in self.memberships
+            for m in memberships
         ]
 
     def _organization(
@@ -273,17 +273,17 @@ class StandIn:
             return 422, {}, _errors("too many user_id", None, "form_param_value_invalid")
         members = [
             m
-            for m in self._current_memberships()
+            for m in self.memberships
             if m["organization"]["id"] == organization["id"]
             and (not wanted or m["public_user_data"]["user_id"] in wanted)
         ]
-        return self._paged(members, query, wrapped=True)
+        return self._paged(members, query, wrapped=True, present=self._embedded)
 
     def _list(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, str], Any]:
         objects = {
             "/v1/users": lambda: self.users,
             "/v1/organizations": lambda: self.organizations,
-            "/v1/organization_memberships": self._current_memberships,
+            "/v1/organization_memberships": lambda: self.memberships,
         }[path]()
         wanted = set(query.get("user_id", [])) if path == "/v1/users" else set()
         asked = query.get("offset", ["0"])[0]
@@ -300,10 +300,20 @@ class StandIn:
             if self.before_page is not None and path == "/v1/users":
                 self.before_page(offset)
             objects = [o for o in objects if o["id"] not in self.unlisted]
-        return self._paged(objects, query, wrapped=path != "/v1/users" or self.wrap_pages)
+        return self._paged(
+            objects,
+            query,
+            wrapped=path != "/v1/users" or self.wrap_pages,
+            present=self._embedded if path == "/v1/organization_memberships" else None,
+        )
 
     def _paged(
-        self, objects: list[dict[str, Any]], query: dict[str, list[str]], *, wrapped: bool
+        self,
+        objects: list[dict[str, Any]],
+        query: dict[str, list[str]],
+        *,
+        wrapped: bool,
+        present: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
     ) -> tuple[int, dict[str, str], Any]:
         """A page of `objects` by `limit` (1..500), `offset` and `order_by` (±created_at)."""
         try:
@@ -326,6 +336,8 @@ class StandIn:
             )
         objects = sorted(objects, key=lambda o: o["created_at"], reverse=order_by.startswith("-"))
         page = objects[offset : offset + limit]
+        if present is not None:
+            page = present(page)
         if wrapped:
             return 200, {}, {"data": page, "total_count": len(objects)}
         return 200, {}, page

@@ -541,10 +541,11 @@ class RichReporter:
         self._tasks: dict[str, TaskID] = {}
         self._started = time.monotonic()
         self._first = 0
-        self._progress.start()
 
     def start(self, resource: str, total: int | None, done: int) -> None:
         self._started, self._first = time.monotonic(), done
+        if not self._tasks:
+            self._progress.start()
         self._tasks[resource] = self._progress.add_task(
             resource, total=total, completed=done, rate="", detail=""
         )
@@ -563,7 +564,8 @@ class RichReporter:
         self._console.print(f"clerk-sync: {message}", highlight=False, markup=False)
 
     def finish(self) -> None:
-        self._progress.stop()
+        if self._tasks:
+            self._progress.stop()
 
 
 # --- the run ----------------------------------------------------------------------------------
