@@ -904,3 +904,23 @@ def test_the_command_only_and_its_mistakes(bdb: str, standin: StandIn, tmp_path:
         "clerk-sync: CLERK_SECRET_KEY was rejected (401)"
     )
     assert len(standin.log) == 1
+
+
+def test_a_run_left_open_by_the_release_before_resumes(bdb: str, standin: StandIn) -> None:
+    """Before organizations, a run walked users only and kept flat counts: after the upgrade it
+    resumes at its users offset, then walks the organizations and memberships too."""
+    standin.users = clerk_users(700)
+    one_membership_per_org(standin, 3)
+    run_backfill(bdb, standin, BackfillOptions(resources=("users",)))
+    support.execute(
+        bdb,
+        "insert into clerk_sync.backfill_runs (next_offset, counts) values "
+        """(500, '{"created": 500, "updated": 0, "unchanged": 0, "stale": 0, "errors": 0}')""",
+    )
+    standin.log.clear()
+    result = run_backfill(bdb, standin)
+    assert standin.page_offsets() == [500]
+    assert result.of("users").resumed_from == 500
+    assert (result.of("users").tally.created, result.of("users").tally.unchanged) == (500, 200)
+    assert result.of("organizations").tally.created == 3
+    assert result.of("memberships").tally.created == 3

@@ -136,8 +136,8 @@ where id = $1
 FORGET_SEEN_SQL = "delete from clerk_sync.backfill_seen where run_id = $1"
 
 # Prune candidates: live rows Clerk did not list in this run (by the ids recorded with each
-# page: $1 the run; --dry-run records nothing and passes the ids it listed as $2), created
-# before $3. Each comes with its id, what Clerk is asked to confirm it by, and the delete event
+# page: $1 the run; --dry-run records nothing and passes the ids it listed as $2: see
+# sql/repeatable/25_backfill.sql), created before $3. Each comes with its id, what Clerk is asked to confirm it by, and the delete event
 # that removes it, as the webhook would send it.
 PRUNE_USERS_SQL = """
 select u.id, null::text as organization_id, null::text as user_id,
@@ -148,11 +148,7 @@ select u.id, null::text as organization_id, null::text as user_id,
 from public.users as u
 where u.deleted_at is null
   and coalesce(u.created_at, u.updated_at) < $3::timestamptz
-  and not exists (
-      select 1 from clerk_sync.backfill_seen as s
-      where s.run_id = $1::bigint and s.resource = 'users' and s.object_id = u.id
-  )
-  and u.id <> all($2::text[])
+  and not clerk_sync.backfill_listed($1::bigint, 'users', u.id, $2::text[])
 order by u.id
 """
 
@@ -166,11 +162,7 @@ select o.id, o.id as organization_id, null::text as user_id,
 from public.organizations as o
 where o.deleted_at is null
   and coalesce(o.created_at, o.updated_at) < $3::timestamptz
-  and not exists (
-      select 1 from clerk_sync.backfill_seen as s
-      where s.run_id = $1::bigint and s.resource = 'organizations' and s.object_id = o.id
-  )
-  and o.id <> all($2::text[])
+  and not clerk_sync.backfill_listed($1::bigint, 'organizations', o.id, $2::text[])
 order by o.id
 """
 
@@ -199,11 +191,7 @@ from public.organization_memberships as m
 join public.organizations as o on o.id = m.organization_id and o.updated_at is not null
 where m.deleted_at is null
   and coalesce(m.created_at, m.updated_at) < $3::timestamptz
-  and not exists (
-      select 1 from clerk_sync.backfill_seen as s
-      where s.run_id = $1::bigint and s.resource = 'memberships' and s.object_id = m.id
-  )
-  and m.id <> all($2::text[])
+  and not clerk_sync.backfill_listed($1::bigint, 'memberships', m.id, $2::text[])
 order by m.id
 """
 

@@ -82,3 +82,18 @@ as $$
         on b.kind = 'membership' and ut.user_id = b.user_id
     order by b.n
 $$;
+
+-- Whether a backfill run listed this id of this resource: recorded with its page (p_run_id), or,
+-- for --dry-run, which records nothing, among the ids it passes (p_listed). Prune candidates are
+-- the live rows it did not list.
+create or replace function clerk_sync.backfill_listed(
+    p_run_id bigint, p_resource text, p_id text, p_listed text[]
+)
+returns boolean
+language sql
+stable
+as $$
+    select p_id = any(p_listed)
+        or exists (select 1 from clerk_sync.backfill_seen as s
+                   where s.run_id = p_run_id and s.resource = p_resource and s.object_id = p_id)
+$$;
