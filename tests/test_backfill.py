@@ -924,3 +924,28 @@ def test_a_run_left_open_by_the_release_before_resumes(bdb: str, standin: StandI
     assert (result.of("users").tally.created, result.of("users").tally.unchanged) == (500, 200)
     assert result.of("organizations").tally.created == 3
     assert result.of("memberships").tally.created == 3
+
+
+def test_the_prune_guard_holds_per_resource(bdb: str, standin: StandIn) -> None:
+    """Users within the ratio are pruned while the organizations' guard refuses theirs: exit 2,
+    naming only what was refused."""
+    standin.users = clerk_users(40)
+    one_membership_per_org(standin, 10)
+    run_backfill(bdb, standin)
+    gone_user = standin.users.pop(7)["id"]
+    standin.organizations = standin.organizations[2:]  # 20% of them
+    standin.memberships = standin.memberships[2:]
+
+    with pytest.raises(PruneRefused) as refused:
+        run_backfill(bdb, standin, BackfillOptions(prune=True))
+    # The pruned user's membership ended with it (as user.deleted does): 9 are left live, and
+    # those of the two organizations are candidates, refused as well.
+    assert str(refused.value).startswith(
+        "--prune refused: 2 of 10 organizations (20.0%) and 2 of 9 memberships (22.2%) are not "
+        "in Clerk"
+    )
+    result = refused.value.result
+    assert result.of("users").tally.deleted == 1 and user_row(bdb, gone_user)["deleted_at"]
+    assert result.of("organizations").tally.deleted == 0
+    assert scalar(bdb, "select count(*) from public.organizations where deleted_at is null") == 10
+    assert membership_row(bdb, standin.memberships[5]["id"])["deleted_at"] is not None  # user 7
