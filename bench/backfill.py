@@ -1,12 +1,16 @@
-"""Time `clerk-sync backfill` for N users from the Backend API stand-in, end to end.
+"""Time `clerk-sync backfill` of users, organizations and memberships from the Backend API
+stand-in, end to end.
 
-    .venv/bin/python -m bench.backfill [--users 10000] [--database-url DSN]
+    .venv/bin/python -m bench.backfill [--users 10000] [--organizations 10000]
+        [--memberships 50000] [--database-url DSN]
 
-Serves N realistic users from the stand-in in tests/clerk_standin.py (Clerk's wire format, on a
-real HTTP port, no injected faults), creates a fresh database on DATABASE_URL's server (default
-the local PostgreSQL at 127.0.0.1:5432), and runs `python -m clerk_sync backfill` against both as
-a user would: first into the empty table (every user created), then again (every user
-unchanged: the nightly drift check). Prints the wall time of each, process start included.
+Serves realistic users, organizations and memberships (each membership of one of the users in
+one of the organizations, its organization embedded) from the stand-in in tests/clerk_standin.py
+(Clerk's wire format, on a real HTTP port, no injected faults), creates a fresh database on
+DATABASE_URL's server (default the local PostgreSQL at 127.0.0.1:5432), and runs `python -m
+clerk_sync backfill` against both as a user would: first into the empty tables (everything
+created), then again (everything unchanged: the nightly drift check). Prints the wall time of
+each, process start included, and the per-resource summary lines (each with its own time).
 """
 
 from __future__ import annotations
@@ -43,12 +47,24 @@ def timed_backfill(env: dict[str, str], cwd: str) -> tuple[float, int, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--organizations", type=int, default=10_000)
+    parser.add_argument("--memberships", type=int, default=50_000)
     parser.add_argument(
         "--database-url", default=os.environ.get("DATABASE_URL", support.SHARED_SERVER_DSN)
     )
     args = parser.parse_args()
 
-    standin = clerk_standin.StandIn(users=clerk_standin.clerk_users(args.users))
+    organizations = clerk_standin.clerk_organizations(args.organizations)
+    standin = clerk_standin.StandIn(
+        users=clerk_standin.clerk_users(args.users),
+        organizations=organizations,
+        memberships=clerk_standin.clerk_memberships(
+            args.memberships, organizations, max(args.users, 1)
+        )
+        if organizations
+        else [],
+    )
+    objects = args.users + args.organizations + len(standin.memberships)
     dsn = support.create_database(args.database_url, migrate=True)
     try:
         with clerk_standin.running(standin), tempfile.TemporaryDirectory() as cwd:
@@ -59,13 +75,11 @@ def main() -> None:
                 "DATABASE_URL": dsn,
             }
             first, status, summary = timed_backfill(env, cwd)
-            print(f"first run  (exit {status}): {first:6.2f} s  {args.users / first:8.0f} users/s")
-            print(f"  {summary}")
+            print(f"first run  (exit {status}): {first:6.2f} s  {objects / first:8.0f} objects/s")
+            print("  " + summary.replace("\n", "\n  "))
             second, status, summary = timed_backfill(env, cwd)
-            print(
-                f"second run (exit {status}): {second:6.2f} s  {args.users / second:8.0f} users/s"
-            )
-            print(f"  {summary}")
+            print(f"second run (exit {status}): {second:6.2f} s  {objects / second:8.0f} objects/s")
+            print("  " + summary.replace("\n", "\n  "))
             print(f"requests served by the stand-in: {len(standin.log)}")
     finally:
         support.drop_database(args.database_url, dsn)

@@ -1,12 +1,17 @@
 """A local stand-in for Clerk's Backend API, on a real HTTP port, for the backfill and session
 sync tests.
 
-It follows the documented wire format (clerk.com/docs/reference/backend-api): `GET /v1/users` answers a bare JSON array of
-user objects, honours `limit` (1..500, else 422), `offset`, `order_by` (`created_at` with a `+`
+It follows the documented wire format (clerk.com/docs/reference/backend-api; clerk/openapi-specs
+bapi/): `GET /v1/users` answers a bare JSON array of user objects, honours `limit` (1..500, else 422), `offset`, `order_by` (`created_at` with a `+`
 or `-` prefix; Clerk's default is newest first) and repeated `user_id` filters; `GET
 /v1/users/count` answers `{"object": "total_count", "total_count": N}`; `GET /v1/users/{id}`
 answers the user object, or Clerk's 404 body; `GET /v1/jwks` answers the instance's JSON Web Key
-Set `{"keys": [...]}`; a wrong bearer key gets Clerk's 401 body. Faults are injected by request
+Set `{"keys": [...]}`. `GET /v1/organizations` and the instance-wide `GET
+/v1/organization_memberships` answer `{"data": [...], "total_count": N}` with the same `limit`,
+`offset` and `order_by` rules (each membership embeds its organization as it is now, and
+`public_user_data`); `GET /v1/organizations/{id}` answers the organization or 404, and `GET
+/v1/organizations/{id}/memberships` its memberships (repeated `user_id` filters, at most 100),
+or 404 for an organization it does not have. A wrong bearer key gets Clerk's 401 body. Faults are injected by request
 number (429 with `Retry-After`, 500) or by offset (a hard failure), and every request is logged.
 """
 
@@ -48,6 +53,90 @@ def clerk_users(count: int) -> list[dict[str, Any]]:
     return [clerk_user(i) for i in range(count)]
 
 
+def clerk_organization(
+    index: int, *, updated_at: int | None = None, **fields: Any
+) -> dict[str, Any]:
+    """The index-th organization of the stand-in instance, as GET /v1/organizations answers."""
+    created_at = BASE_CREATED_AT + index * 1000
+    organization: dict[str, Any] = {
+        "object": "organization",
+        "id": f"org_{index:06d}bf",
+        "name": f"Org {index}",
+        "slug": f"org-{index}",
+        "image_url": "https://img.clerk.com/org.png",
+        "has_image": False,
+        "members_count": 0,
+        "max_allowed_memberships": 5,
+        "admin_delete_enabled": True,
+        "public_metadata": {"tier": "free"},
+        "private_metadata": {"secret": "never stored"},
+        "created_by": "user_000000bf",
+        "created_at": created_at,
+        "updated_at": updated_at if updated_at is not None else created_at + 300,
+    }
+    organization.update(fields)
+    return organization
+
+
+def clerk_organizations(count: int) -> list[dict[str, Any]]:
+    return [clerk_organization(i) for i in range(count)]
+
+
+def clerk_membership(
+    index: int,
+    organization: dict[str, Any],
+    user_id: str,
+    *,
+    updated_at: int | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The index-th membership, of `user_id` in `organization`, as GET
+    /v1/organization_memberships answers it (the organization embedded)."""
+    created_at = BASE_CREATED_AT + index * 100 + 50
+    membership: dict[str, Any] = {
+        "object": "organization_membership",
+        "id": f"orgmem_{index:07d}bf",
+        "role": "org:admin" if index % 5 == 0 else "org:member",
+        "role_name": "Admin" if index % 5 == 0 else "Member",
+        "permissions": ["org:sys_profile:read"],
+        "public_metadata": {},
+        "private_metadata": {},
+        "organization": organization,
+        "public_user_data": {
+            "user_id": user_id,
+            "first_name": None,
+            "last_name": None,
+            "image_url": "https://img.clerk.com/user.png",
+            "has_image": False,
+            "identifier": f"{user_id}@example.com",
+            "username": None,
+            "banned": False,
+        },
+        "created_at": created_at,
+        "updated_at": updated_at if updated_at is not None else created_at + 20,
+    }
+    membership.update(fields)
+    return membership
+
+
+def clerk_memberships(
+    count: int, organizations: list[dict[str, Any]], users: int
+) -> list[dict[str, Any]]:
+    """`count` memberships, spread over the organizations and `users` users (user i of
+    clerk_user), no pair twice as long as count <= len(organizations) * users."""
+    return [
+        clerk_membership(
+            i,
+            organizations[i % len(organizations)],
+            f"user_{(i // len(organizations)) % users:06d}bf",
+        )
+        for i in range(count)
+    ]
+
+
+LISTS = ("/v1/users", "/v1/organizations", "/v1/organization_memberships")
+
+
 @dataclass
 class Logged:
     path: str
@@ -63,16 +152,19 @@ class Logged:
 class StandIn:
     secret_key: str = "sk_test_standin_0123456789"
     users: list[dict[str, Any]] = field(default_factory=list)
-    # Users that GET /users?offset=… leaves out but a user_id lookup still finds: as if the list
-    # pages moved under a reader.
+    organizations: list[dict[str, Any]] = field(default_factory=list)
+    memberships: list[dict[str, Any]] = field(default_factory=list)
+    # Users (organizations, memberships) that the lists leave out but a lookup still finds: as if
+    # the list pages moved under a reader.
     unlisted: set[str] = field(default_factory=set)
     rate_limit_requests: set[int] = field(default_factory=set)  # answer 429 to these (1-based)
     error_requests: set[int] = field(default_factory=set)  # answer 500 to these
     broken_from_offset: int | None = None  # every page at or past this offset answers 500
+    broken_list: str = "/v1/users"  # ... of this list
     wrap_pages: bool = (
         False  # answer {"data": [...], "total_count": n} instead (not Clerk's format)
     )
-    before_page: Callable[[int], None] | None = None  # called with the offset of each page
+    before_page: Callable[[int], None] | None = None  # called with the offset of each users page
     jwks: dict[str, Any] = field(default_factory=lambda: {"keys": []})
     user_delay: float = 0.0  # seconds GET /v1/users/{id} takes: a slow Clerk
     user_asked: threading.Event = field(default_factory=threading.Event)  # set as one arrives
@@ -81,13 +173,17 @@ class StandIn:
     url: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def page_offsets(self) -> list[int]:
-        """The offsets of the list pages served (lookups by user_id left out)."""
+    def page_offsets(self, path: str = "/v1/users") -> list[int]:
+        """The offsets of the pages of a list served (lookups by user_id left out)."""
         return [
             r.offset
             for r in self.log
-            if r.path == "/v1/users" and r.status == 200 and "user_id" not in r.query
+            if r.path == path and r.status == 200 and "user_id" not in r.query
         ]
+
+    def requests_to(self, path: str) -> int:
+        """How many requests (whatever their answer) asked for `path`."""
+        return sum(r.path == path for r in self.log)
 
     def user_fetches(self, user_id: str) -> int:
         """How many times GET /v1/users/{user_id} was asked."""
@@ -146,13 +242,80 @@ class StandIn:
             user_id = unquote(path.removeprefix("/v1/users/"))
             user = next((u for u in self.users if u["id"] == user_id), None)
             if user is None:
-                return 404, {}, _errors("Resource not found", None, "resource_not_found")
+                return _NOT_FOUND
             return 200, {}, user
-        if path != "/v1/users":
-            return 404, {}, _errors("Resource not found", None, "resource_not_found")
-        return self._list(query)
+        if path.startswith("/v1/organizations/"):
+            return self._organization(unquote(path.removeprefix("/v1/organizations/")), query)
+        if path not in LISTS:
+            return _NOT_FOUND
+        return self._list(path, query)
 
-    def _list(self, query: dict[str, list[str]]) -> tuple[int, dict[str, str], Any]:
+    def _embedded(self, memberships: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """These memberships, each with its organization as it is now (as Clerk embeds it)."""
+        by_id = {o["id"]: o for o in self.organizations}
+        return [
+            {**m, "organization": by_id.get(m["organization"]["id"], m["organization"])}
+            for m in memberships
+        ]
+
+    def _organization(
+        self, rest: str, query: dict[str, list[str]]
+    ) -> tuple[int, dict[str, str], Any]:
+        """GET /v1/organizations/{id or slug}, and /v1/organizations/{id}/memberships."""
+        key, _, sub = rest.partition("/")
+        organization = next((o for o in self.organizations if key in (o["id"], o["slug"])), None)
+        if organization is None or sub not in ("", "memberships"):
+            return _NOT_FOUND
+        if not sub:
+            return 200, {}, organization
+        wanted = query.get("user_id", [])
+        if len(wanted) > 100:
+            return 422, {}, _errors("too many user_id", None, "form_param_value_invalid")
+        members = [
+            m
+            for m in self.memberships
+            if m["organization"]["id"] == organization["id"]
+            and (not wanted or m["public_user_data"]["user_id"] in wanted)
+        ]
+        return self._paged(members, query, wrapped=True, present=self._embedded)
+
+    def _list(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, str], Any]:
+        objects = {
+            "/v1/users": lambda: self.users,
+            "/v1/organizations": lambda: self.organizations,
+            "/v1/organization_memberships": lambda: self.memberships,
+        }[path]()
+        wanted = set(query.get("user_id", [])) if path == "/v1/users" else set()
+        asked = query.get("offset", ["0"])[0]
+        offset = int(asked) if asked.isdigit() else 0  # _paged answers a malformed one 422
+        if wanted:
+            objects = [u for u in objects if u["id"] in wanted]
+        else:
+            if (
+                path == self.broken_list
+                and self.broken_from_offset is not None
+                and offset >= self.broken_from_offset
+            ):
+                return 500, {}, _errors("Internal server error", None, "internal_clerk_error")
+            if self.before_page is not None and path == "/v1/users":
+                self.before_page(offset)
+            objects = [o for o in objects if o["id"] not in self.unlisted]
+        return self._paged(
+            objects,
+            query,
+            wrapped=path != "/v1/users" or self.wrap_pages,
+            present=self._embedded if path == "/v1/organization_memberships" else None,
+        )
+
+    def _paged(
+        self,
+        objects: list[dict[str, Any]],
+        query: dict[str, list[str]],
+        *,
+        wrapped: bool,
+        present: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+    ) -> tuple[int, dict[str, str], Any]:
+        """A page of `objects` by `limit` (1..500), `offset` and `order_by` (±created_at)."""
         try:
             limit = int(query.get("limit", ["10"])[0])
             offset = int(query.get("offset", ["0"])[0])
@@ -171,19 +334,12 @@ class StandIn:
                 {},
                 _errors("unsupported order_by for this stand-in", None, "form_param_value_invalid"),
             )
-        wanted = set(query.get("user_id", []))
-        if wanted:
-            users = [u for u in self.users if u["id"] in wanted]
-        else:
-            if self.broken_from_offset is not None and offset >= self.broken_from_offset:
-                return 500, {}, _errors("Internal server error", None, "internal_clerk_error")
-            if self.before_page is not None:
-                self.before_page(offset)
-            users = [u for u in self.users if u["id"] not in self.unlisted]
-        users = sorted(users, key=lambda u: u["created_at"], reverse=order_by.startswith("-"))
-        page = users[offset : offset + limit]
-        if self.wrap_pages:
-            return 200, {}, {"data": page, "total_count": len(users)}
+        objects = sorted(objects, key=lambda o: o["created_at"], reverse=order_by.startswith("-"))
+        page = objects[offset : offset + limit]
+        if present is not None:
+            page = present(page)
+        if wrapped:
+            return 200, {}, {"data": page, "total_count": len(objects)}
         return 200, {}, page
 
 
@@ -192,6 +348,13 @@ def _errors(message: str, long_message: str | None, code: str) -> dict[str, Any]
     if long_message:
         error["long_message"] = long_message
     return {"errors": [error], "clerk_trace_id": "trace_standin"}
+
+
+_NOT_FOUND: tuple[int, dict[str, str], Any] = (
+    404,
+    {},
+    _errors("Resource not found", None, "resource_not_found"),
+)
 
 
 def _handler(standin: StandIn) -> type[BaseHTTPRequestHandler]:

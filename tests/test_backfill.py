@@ -137,9 +137,14 @@ def test_10000_users_then_a_rerun_changes_nothing(bdb: str, standin: StandIn) ->
             "outcome": "applied",
         }
     ]
-    runs = support.fetch(bdb, "select next_offset, outcome, counts from clerk_sync.backfill_runs")
-    assert [(r["next_offset"], r["outcome"]) for r in runs] == [(10_000, "completed")]
-    assert json.loads(runs[0]["counts"])["created"] == 10_000
+    runs = support.fetch(
+        bdb, "select resource, next_offset, outcome, counts from clerk_sync.backfill_runs"
+    )
+    # Users, then organizations, then memberships (none of either): it ended on the last.
+    assert [(r["resource"], r["next_offset"], r["outcome"]) for r in runs] == [
+        ("memberships", 0, "completed")
+    ]
+    assert json.loads(runs[0]["counts"])["users"]["created"] == 10_000
     assert scalar(bdb, "select count(*) from clerk_sync.backfill_seen") == 0  # forgotten when done
 
     inbox_before = scalar(bdb, "select count(*) from clerk_sync.inbox")
@@ -156,6 +161,7 @@ def test_an_interrupted_run_resumes_at_its_saved_offset(bdb: str, standin: Stand
         run_backfill(bdb, standin, max_attempts=2)
     assert scalar(bdb, "select count(*) from public.users") == 1500
     assert scalar(bdb, "select next_offset from clerk_sync.backfill_runs") == 1500
+    assert scalar(bdb, "select resource from clerk_sync.backfill_runs") == "users"
 
     # Meanwhile: a row that Clerk no longer has (to prune) and one Clerk changed on a page
     # already read (the resumed run does not go back for it: the next run will).
@@ -167,7 +173,7 @@ def test_an_interrupted_run_resumes_at_its_saved_offset(bdb: str, standin: Stand
 
     # The first pages were not read again (3000: the empty page that ends the listing).
     assert standin.page_offsets() == [1500, 2000, 2500, 3000]
-    assert result.resumed_from == 1500
+    assert result.of("users").resumed_from == 1500
     assert result.tally.created == 3000  # counted across both processes
     assert result.tally.deleted == 1  # the ids listed before the interruption were remembered
     assert scalar(bdb, "select count(*) from public.users where deleted_at is null") == 3000
@@ -184,7 +190,7 @@ def test_a_cancelled_run_keeps_only_whole_pages(bdb: str, standin: StandIn) -> N
     standin.users = clerk_users(2500)
 
     class CancelAfter(PlainReporter):
-        def page(self, done: int, tally: backfilling.Tally) -> None:
+        def page(self, resource: str, done: int, tally: backfilling.Tally) -> None:
             if done >= 1000:
                 raise KeyboardInterrupt  # as Ctrl-C would, in the middle of the run
 
@@ -261,7 +267,7 @@ def test_a_newer_webhook_wins_over_the_backfill(
     assert (result.tally.created, result.tally.stale) == (598, 2)
     assert user_row(bdb, user_a["id"])["first_name"] == "FromWebhook"
     assert user_row(bdb, user_b["id"])["first_name"] == "Racer"
-    assert set(result.samples["stale"]) == {user_a["id"], user_b["id"]}
+    assert set(result.of("users").samples["stale"]) == {user_a["id"], user_b["id"]}
 
 
 def test_a_deleted_user_is_not_revived(bdb: str, standin: StandIn) -> None:
@@ -369,7 +375,7 @@ def test_dry_run_writes_nothing(bdb: str, standin: StandIn) -> None:
     assert result.summary().startswith(
         "dry run, nothing written: 1200 users listed; would have created 1"
     )
-    assert result.samples == {
+    assert result.of("users").samples == {
         "updated": [standin.users[7]["id"]],
         "created": [standin.users[900]["id"]],
         "deleted": ["user_gone"],
@@ -450,9 +456,13 @@ def test_the_command_end_to_end(bdb: str, standin: StandIn, tmp_path: Path) -> N
 
     first = cli([], env, tmp_path)
     assert first.returncode == 3, first.stderr
-    assert first.stdout.strip().endswith(
+    users_line, organizations_line, memberships_line = first.stdout.strip().splitlines()
+    assert users_line.startswith("backfill complete: 1200 users listed in ")
+    assert users_line.endswith(
         "created 1200, updated 0, unchanged 0, stale 0, deleted 0, errors 0 (drift repaired)"
     )
+    assert organizations_line.startswith("backfill complete: 0 organizations listed in ")
+    assert memberships_line.endswith("(in sync)")
     assert "clerk-sync: backfill: 1200/1200 users" in first.stderr  # plain lines: not a terminal
     assert scalar(bdb, "select count(*) from public.users") == 1200
 
@@ -464,7 +474,7 @@ def test_the_command_end_to_end(bdb: str, standin: StandIn, tmp_path: Path) -> N
     dry = cli(["--dry-run"], env, tmp_path)
     assert dry.returncode == 4, dry.stderr
     assert "would have created 0, updated 1" in dry.stdout
-    assert f"clerk-sync: updated (first 1): {standin.users[0]['id']}" in dry.stderr
+    assert f"clerk-sync: users updated (first 1): {standin.users[0]['id']}" in dry.stderr
 
 
 def test_the_command_fails_fast_on_a_wrong_key(bdb: str, standin: StandIn, tmp_path: Path) -> None:
@@ -562,3 +572,380 @@ def test_a_user_held_by_another_transaction_is_an_error_and_the_rest_go_on(
     # The next run writes it.
     result = run_backfill(bdb, standin)
     assert (result.tally.updated, result.tally.errors) == (1, 0)
+
+
+# --- organizations and memberships ------------------------------------------------------------
+
+
+def org_row(dsn: str, org_id: str) -> dict[str, Any]:
+    return support.fetch(dsn, "select * from public.organizations where id = $1", org_id)[0]
+
+
+def membership_row(dsn: str, membership_id: str) -> dict[str, Any]:
+    return support.fetch(
+        dsn, "select * from public.organization_memberships where id = $1", membership_id
+    )[0]
+
+
+def one_membership_per_org(standin: StandIn, count: int) -> None:
+    """`count` organizations, each with one membership of its own user (user i in org i)."""
+    standin.organizations = clerk_standin.clerk_organizations(count)
+    standin.memberships = [
+        clerk_standin.clerk_membership(i, standin.organizations[i], f"user_{i:06d}bf")
+        for i in range(count)
+    ]
+
+
+def event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"object": "event", "type": event_type, "data": data}
+
+
+def test_organizations_and_memberships_are_copied_one_request_a_page(
+    bdb: str, standin: StandIn
+) -> None:
+    standin.users = clerk_users(30)
+    standin.organizations = clerk_standin.clerk_organizations(1200)
+    standin.memberships = clerk_standin.clerk_memberships(1300, standin.organizations, 30)
+    standin.rate_limit_requests = {3}  # the first page of organizations: waited for, retried
+
+    result = run_backfill(bdb, standin)
+
+    orgs, members = result.of("organizations").tally, result.of("memberships").tally
+    assert (orgs.created, orgs.errors, members.created, members.errors) == (1200, 0, 1300, 0)
+    assert result.of("users").tally.created == 30
+    assert result.retries["rate_limited"] == 1 and result.exit_status == backfilling.REPAIRED
+    # One request a page, users first, then organizations, then memberships; nothing per object.
+    paths = [r.path for r in standin.log if r.status == 200]
+    assert paths == [
+        "/v1/users/count",
+        "/v1/users",
+        *["/v1/organizations"] * 3,
+        *["/v1/organization_memberships"] * 3,
+    ]
+    assert standin.page_offsets("/v1/organizations") == [0, 500, 1000]
+    assert all(r.query["limit"] == ["500"] for r in standin.log if r.path != "/v1/users/count")
+    assert all(r.query["order_by"] == ["+created_at"] for r in standin.log if r.query)
+
+    org = org_row(bdb, "org_000007bf")
+    assert (org["name"], org["slug"], org["max_allowed_memberships"]) == ("Org 7", "org-7", 5)
+    assert org["public_metadata"] == '{"tier": "free"}' and "private_metadata" not in org
+    assert org["updated_at"].timestamp() * 1000 == clerk_standin.BASE_CREATED_AT + 7300
+    member = membership_row(bdb, "orgmem_0001234bf")
+    assert (member["organization_id"], member["user_id"], member["role"]) == (
+        "org_000034bf",
+        "user_000001bf",
+        "org:member",
+    )
+    assert member["permissions"] == ["org:sys_profile:read"]
+    assert (
+        scalar(bdb, "select count(*) from public.organization_memberships where deleted_at is null")
+        == 1300
+    )
+    inbox = support.fetch(
+        bdb,
+        "select svix_id, event_type from clerk_sync.inbox where svix_id like 'backfill:org\\_0%'",
+    )
+    assert len(inbox) == 1200 and {r["event_type"] for r in inbox} == {"organization.updated"}
+
+    inbox_before = scalar(bdb, "select count(*) from clerk_sync.inbox")
+    again = run_backfill(bdb, standin)
+    assert again.tally.unchanged == 30 + 1200 + 1300 and again.tally.drift == 0
+    assert again.exit_status == backfilling.IN_SYNC
+    assert scalar(bdb, "select count(*) from clerk_sync.inbox") == inbox_before
+    assert (
+        again.summary()
+        .splitlines()[1]
+        .startswith("backfill complete: 1200 organizations listed in ")
+    )
+
+
+def test_newer_organization_rows_stay_and_deleted_ones_are_not_revived(
+    bdb: str, standin: StandIn
+) -> None:
+    one_membership_per_org(standin, 10)
+    o, m = standin.organizations, standin.memberships
+    newer = {**o[2], "name": "From a webhook", "updated_at": o[2]["updated_at"] + 60_000}
+    assert apply_event(bdb, "w1", event("organization.updated", newer)) == "applied"
+    deleted_org = {"object": "organization", "id": o[3]["id"], "deleted": True}
+    assert apply_event(bdb, "w2", event("organization.deleted", deleted_org)) == "applied"
+    newer_member = {**m[4], "role": "org:admin", "updated_at": m[4]["updated_at"] + 60_000}
+    assert (
+        apply_event(bdb, "w3", event("organizationMembership.updated", newer_member)) == "applied"
+    )
+    assert apply_event(bdb, "w4", event("organizationMembership.deleted", m[5])) == "applied"
+    assert apply_event(bdb, "w5", support.deleted_event("user_000006bf")) == "applied"
+
+    result = run_backfill(bdb, standin)
+
+    orgs, members = result.of("organizations"), result.of("memberships")
+    # (Organizations 4 and 5 came with the webhooks' memberships: already current.)
+    assert (orgs.tally.created, orgs.tally.unchanged, orgs.tally.stale) == (6, 2, 2)
+    assert set(orgs.samples["stale"]) == {o[2]["id"], o[3]["id"]}
+    assert (members.tally.created, members.tally.stale) == (6, 4)
+    assert set(members.samples["stale"]) == {m[i]["id"] for i in (3, 4, 5, 6)}
+    assert org_row(bdb, o[2]["id"])["name"] == "From a webhook"
+    # Deleted before it was ever seen: a tombstone, and no row brought to life.
+    assert support.fetch(bdb, "select 1 from public.organizations where id = $1", o[3]["id"]) == []
+    assert scalar(bdb, "select count(*) from clerk_sync.organization_tombstones") == 1
+    assert membership_row(bdb, m[4]["id"])["role"] == "org:admin"
+    assert scalar(bdb, "select count(*) from clerk_sync.membership_tombstones") == 1  # m[5]
+    assert (
+        support.fetch(
+            bdb,
+            "select 1 from public.organization_memberships where id = any($1::text[])",
+            [m[3]["id"], m[5]["id"], m[6]["id"]],
+        )
+        == []
+    )
+    # A rerun agrees: nothing to write.
+    again = run_backfill(bdb, standin)
+    assert again.tally.drift == 0 and again.of("memberships").tally.stale == 4
+
+
+def test_an_interrupted_run_resumes_in_the_middle_of_the_organizations(
+    bdb: str, standin: StandIn
+) -> None:
+    standin.users = clerk_users(20)
+    standin.organizations = clerk_standin.clerk_organizations(1600)
+    standin.memberships = clerk_standin.clerk_memberships(30, standin.organizations, 20)
+    standin.broken_list, standin.broken_from_offset = "/v1/organizations", 1000
+    with pytest.raises(ClerkAPIError, match="kept answering 500"):
+        run_backfill(bdb, standin, max_attempts=2)
+    saved = support.fetch(bdb, "select resource, next_offset from clerk_sync.backfill_runs")
+    assert [(r["resource"], r["next_offset"]) for r in saved] == [("organizations", 1000)]
+    assert scalar(bdb, "select count(*) from public.organizations") == 1000
+
+    standin.broken_from_offset = None
+    standin.log.clear()
+    result = run_backfill(bdb, standin)
+
+    assert standin.page_offsets("/v1/users") == []  # done before the interruption
+    assert standin.page_offsets("/v1/organizations") == [1000, 1500]
+    assert standin.page_offsets("/v1/organization_memberships") == [0]
+    orgs = result.of("organizations")
+    assert (orgs.tally.created, orgs.resumed_from) == (1600, 1000)  # across both processes
+    assert result.of("users").tally.created == 20 and not result.of("users").walked
+    assert "20 users listed (by the run this one resumed)" in result.summary()
+    assert result.of("memberships").tally.created == 30
+    assert scalar(bdb, "select count(*) from public.organizations") == 1600
+
+
+def test_a_run_over_other_resources_does_not_resume_an_unfinished_one(
+    bdb: str, standin: StandIn
+) -> None:
+    one_membership_per_org(standin, 600)
+    standin.broken_list, standin.broken_from_offset = "/v1/organizations", 500
+    only_orgs = BackfillOptions(resources=("organizations",))
+    with pytest.raises(ClerkAPIError):
+        run_backfill(bdb, standin, only_orgs, max_attempts=1)
+    standin.broken_from_offset = None
+    standin.log.clear()
+    notes = io.StringIO()
+    result = run_backfill(bdb, standin, notes=notes)
+    assert "an unfinished backfill of organizations is abandoned" in notes.getvalue()
+    assert standin.page_offsets("/v1/organizations") == [0, 500]
+    assert (
+        result.of("organizations").tally.unchanged,
+        result.of("organizations").tally.created,
+    ) == (
+        500,
+        100,
+    )
+    outcomes = support.fetch(bdb, "select outcome from clerk_sync.backfill_runs order by id")
+    assert [r["outcome"] for r in outcomes] == ["abandoned", "completed"]
+
+
+def test_dry_run_says_what_would_change_per_resource(bdb: str, standin: StandIn) -> None:
+    one_membership_per_org(standin, 30)
+    run_backfill(bdb, standin)
+    support.execute(bdb, CLEAN_BACKFILL_SQL)
+    o, m = standin.organizations, standin.memberships
+    o[1] = {**o[1], "name": "Renamed", "updated_at": 1_800_000_000_000}
+    support.execute(bdb, f"delete from public.organization_memberships where id = '{m[2]['id']}'")
+    old = clerk_standin.clerk_organization(999, created_at=1_600_000_000_000)
+    apply_event(bdb, "w_gone", event("organization.updated", old))
+
+    def snapshot() -> tuple[Any, ...]:
+        return (
+            support.fetch(bdb, "select * from public.organizations order by id"),
+            support.fetch(bdb, "select * from public.organization_memberships order by id"),
+            scalar(bdb, "select count(*) from clerk_sync.inbox"),
+            scalar(bdb, "select count(*) from clerk_sync.backfill_runs"),
+        )
+
+    before = snapshot()
+    result = run_backfill(
+        bdb, standin, BackfillOptions(dry_run=True, prune=True, max_prune_ratio=1.0)
+    )
+    assert snapshot() == before
+    orgs, members = result.of("organizations").tally, result.of("memberships").tally
+    assert (orgs.updated, orgs.unchanged, orgs.deleted) == (1, 29, 1)
+    assert (members.created, members.unchanged, members.deleted) == (1, 29, 0)
+    assert result.exit_status == backfilling.DRIFT_FOUND
+    assert result.of("organizations").samples == {"updated": [o[1]["id"]], "deleted": [old["id"]]}
+    lines = result.summary().splitlines()
+    assert lines[1] == (
+        "dry run, nothing written: 30 organizations listed; would have created 0, updated 1, "
+        "unchanged 29, stale 0, deleted 1, errors 0 (drift found)"
+    )
+
+
+def test_prune_of_organizations_and_memberships_and_its_guard(bdb: str, standin: StandIn) -> None:
+    one_membership_per_org(standin, 20)
+    run_backfill(bdb, standin)
+    o, m = standin.organizations, standin.memberships
+    # Three organizations deleted in Clerk (with their memberships) while the endpoint was down,
+    # and one membership ended: 15% of the organizations, more than the 10% allowed.
+    gone_orgs = [x["id"] for x in o[:3]]
+    standin.organizations = o[3:]
+    standin.memberships = [x for x in m[3:] if x["id"] != m[10]["id"]]
+    # A membership the listing missed (pages moved under it) but Clerk still has: kept.
+    standin.unlisted = {m[11]["id"]}
+    # An organization created while the run went is not in its listing, and must stay.
+    now_ms = int(time.time() * 1000)
+    fresh = clerk_standin.clerk_organization(500, created_at=now_ms, updated_at=now_ms)
+    apply_event(bdb, "w_new", event("organization.created", fresh))
+
+    with pytest.raises(PruneRefused) as refused:
+        run_backfill(bdb, standin, BackfillOptions(prune=True))
+    message = str(refused.value)
+    assert message.startswith(
+        "--prune refused: 3 of 21 organizations (14.3%) and 5 of 20 memberships (25.0%) are not "
+        "in Clerk, more than --max-prune-ratio 10%"
+    )
+    assert scalar(bdb, "select count(*) from public.organizations where deleted_at is null") == 21
+
+    standin.log.clear()
+    notes = io.StringIO()
+    result = run_backfill(bdb, standin, BackfillOptions(prune=True, force=True), notes=notes)
+    orgs, members = result.of("organizations"), result.of("memberships")
+    assert orgs.tally.deleted == 3 and sorted(orgs.samples["deleted"]) == gone_orgs
+    # The organizations' deletes ended their memberships; then one is pruned on its own.
+    assert members.tally.deleted == 1 and members.samples["deleted"] == [m[10]["id"]]
+    assert "--prune: 1 memberships missing from the listing are still in Clerk" in notes.getvalue()
+    assert result.exit_status == backfilling.REPAIRED
+    # Confirmed by a lookup: each organization by id, each membership among its organization's
+    # members (by user id).
+    lookups = sorted(r.path for r in standin.log if r.path.startswith("/v1/organizations/"))
+    assert lookups == [
+        *[f"/v1/organizations/{org_id}" for org_id in gone_orgs],
+        f"/v1/organizations/{m[10]['organization']['id']}/memberships",
+        f"/v1/organizations/{m[11]['organization']['id']}/memberships",
+    ]
+    for org_id in gone_orgs:
+        assert org_row(bdb, org_id)["deleted_at"] is not None
+    assert all(membership_row(bdb, x["id"])["deleted_at"] is not None for x in m[:3])
+    assert membership_row(bdb, m[10]["id"])["deleted_at"] is not None
+    assert membership_row(bdb, m[11]["id"])["deleted_at"] is None
+    assert org_row(bdb, fresh["id"])["deleted_at"] is None
+    assert (
+        scalar(
+            bdb,
+            "select count(*) from clerk_sync.membership_tombstones where membership_id = $1",
+            m[10]["id"],
+        )
+        == 1
+    )
+    assert (
+        run_backfill(bdb, standin, BackfillOptions(prune=True)).exit_status == backfilling.IN_SYNC
+    )
+
+
+def test_only_some_resources(bdb: str, standin: StandIn) -> None:
+    assert backfilling.select_resources([]) == ("users", "organizations", "memberships")
+    assert backfilling.select_resources(["memberships", "users"]) == ("users", "memberships")
+    assert backfilling.select_resources(["organizations, Memberships"]) == (
+        "organizations",
+        "memberships",
+    )
+    with pytest.raises(ValueError, match="--only: 'invitations' is not one of users, "):
+        backfilling.select_resources(["users,invitations"])
+
+    standin.users = clerk_users(5)
+    one_membership_per_org(standin, 5)
+    result = run_backfill(bdb, standin, BackfillOptions(resources=("organizations",)))
+    assert [r.resource for r in result.resources] == ["organizations"]
+    assert {r.path for r in standin.log} == {"/v1/organizations"}
+    assert scalar(bdb, "select count(*) from public.users") == 0
+    assert scalar(bdb, "select count(*) from public.organization_memberships") == 0
+
+    result = run_backfill(bdb, standin, BackfillOptions(resources=("memberships",), prune=True))
+    assert result.of("memberships").tally.created == 5
+    assert scalar(bdb, "select count(*) from public.users") == 0  # members join their users later
+
+
+def test_the_command_only_and_its_mistakes(bdb: str, standin: StandIn, tmp_path: Path) -> None:
+    standin.users = clerk_users(3)
+    one_membership_per_org(standin, 4)
+    env = {
+        "CLERK_SECRET_KEY": standin.secret_key,
+        "CLERK_API_URL": standin.url,
+        "DATABASE_URL": bdb,
+    }
+    done = cli(["--only", "organizations", "--only", "memberships"], env, tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == ["backfill complete"] * 2
+    assert "4 organizations listed" in done.stdout and "4 memberships listed" in done.stdout
+    assert "clerk-sync: backfill: 4/4 organizations" in done.stderr
+    assert not any(r.path.startswith("/v1/users") for r in standin.log)
+
+    wrong = cli(["--only", "users,teams"], env, tmp_path)
+    assert wrong.returncode == 2
+    assert wrong.stderr.splitlines() == [
+        "clerk-sync: --only: 'teams' is not one of users, organizations, memberships"
+    ]
+
+    standin.log.clear()
+    bad_key = cli(
+        ["--only", "organizations"], {**env, "CLERK_SECRET_KEY": "sk_test_nope"}, tmp_path
+    )
+    assert bad_key.returncode == 1
+    assert bad_key.stderr.splitlines()[-1].startswith(
+        "clerk-sync: CLERK_SECRET_KEY was rejected (401)"
+    )
+    assert len(standin.log) == 1
+
+
+def test_a_run_left_open_by_the_release_before_resumes(bdb: str, standin: StandIn) -> None:
+    """Before organizations, a run walked users only and kept flat counts: after the upgrade it
+    resumes at its users offset, then walks the organizations and memberships too."""
+    standin.users = clerk_users(700)
+    one_membership_per_org(standin, 3)
+    run_backfill(bdb, standin, BackfillOptions(resources=("users",)))
+    support.execute(
+        bdb,
+        "insert into clerk_sync.backfill_runs (next_offset, counts) values "
+        """(500, '{"created": 500, "updated": 0, "unchanged": 0, "stale": 0, "errors": 0}')""",
+    )
+    standin.log.clear()
+    result = run_backfill(bdb, standin)
+    assert standin.page_offsets() == [500]
+    assert result.of("users").resumed_from == 500
+    assert (result.of("users").tally.created, result.of("users").tally.unchanged) == (500, 200)
+    assert result.of("organizations").tally.created == 3
+    assert result.of("memberships").tally.created == 3
+
+
+def test_the_prune_guard_holds_per_resource(bdb: str, standin: StandIn) -> None:
+    """Users within the ratio are pruned while the organizations' guard refuses theirs: exit 2,
+    naming only what was refused."""
+    standin.users = clerk_users(40)
+    one_membership_per_org(standin, 10)
+    run_backfill(bdb, standin)
+    gone_user = standin.users.pop(7)["id"]
+    standin.organizations = standin.organizations[2:]  # 20% of them
+    standin.memberships = standin.memberships[2:]
+
+    with pytest.raises(PruneRefused) as refused:
+        run_backfill(bdb, standin, BackfillOptions(prune=True))
+    # The pruned user's membership ended with it (as user.deleted does): 9 are left live, and
+    # those of the two organizations are candidates, refused as well.
+    assert str(refused.value).startswith(
+        "--prune refused: 2 of 10 organizations (20.0%) and 2 of 9 memberships (22.2%) are not "
+        "in Clerk"
+    )
+    result = refused.value.result
+    assert result.of("users").tally.deleted == 1 and user_row(bdb, gone_user)["deleted_at"]
+    assert result.of("organizations").tally.deleted == 0
+    assert scalar(bdb, "select count(*) from public.organizations where deleted_at is null") == 10
+    assert membership_row(bdb, standin.memberships[5]["id"])["deleted_at"] is not None  # user 7

@@ -15,6 +15,7 @@ from clerk_sync.clerk_api import (
     ClerkAPIError,
     ClerkAuthError,
     ClerkClient,
+    Page,
     backoff,
     retry_after,
 )
@@ -189,3 +190,115 @@ def test_a_key_that_is_not_a_secret_key_is_refused_without_echoing_it(
     monkeypatch.setenv("CLERK_API_URL", "api.clerk.com")
     with pytest.raises(ConfigError, match=r"^CLERK_API_URL: expected an http\(s\):// URL"):
         load_settings()
+
+
+# --- organizations and memberships ------------------------------------------------------------
+
+
+def with_organizations(standin: StandIn, organizations: int, memberships: int) -> None:
+    standin.organizations = clerk_standin.clerk_organizations(organizations)
+    standin.memberships = clerk_standin.clerk_memberships(
+        memberships, standin.organizations, len(standin.users)
+    )
+
+
+def test_organization_and_membership_lists_page_as_documented(standin: StandIn) -> None:
+    with_organizations(standin, 700, 1100)
+    standin.organizations[3]["name"] = "Renamed since"  # memberships embed it as it is now
+
+    async def go() -> list[Page]:
+        async with client(standin) as c:
+            return [
+                await c.list_page("/organizations", 0),
+                await c.list_page("/organizations", 500),
+                await c.list_page("/organization_memberships", 1000),
+                await c.list_page("/organizations", 500, 10),
+            ]
+
+    first, second, members, small = asyncio.run(go())
+    assert (len(first.items), len(second.items), first.total) == (500, 200, 700)
+    assert [o["id"] for o in first.items + second.items] == [o["id"] for o in standin.organizations]
+    assert (len(members.items), members.total) == (100, 1100)
+    member = members.items[3]  # membership 1003, in organization 303
+    assert (
+        member["public_user_data"]["user_id"]
+        == standin.memberships[1003]["public_user_data"]["user_id"]
+    )
+    assert member["organization"]["id"] == "org_000303bf"
+    assert len(small.items) == 10
+    assert standin.log[0].query == {"limit": ["500"], "offset": ["0"], "order_by": ["+created_at"]}
+    assert standin.log[2].path == "/v1/organization_memberships"
+    embedded = asyncio.run(_first_membership_of(standin, "org_000003bf"))
+    assert embedded["organization"]["name"] == "Renamed since"
+
+
+async def _first_membership_of(standin: StandIn, org_id: str) -> dict[str, object]:
+    async with client(standin) as c:
+        page = await c.list_page(f"/organizations/{org_id}/memberships", 0)
+        return page.items[0]
+
+
+def test_organization_lists_refuse_what_clerk_refuses(standin: StandIn) -> None:
+    with_organizations(standin, 3, 3)
+
+    async def go(path: str, limit: int) -> Page:
+        async with ClerkClient(standin.secret_key, standin.url, max_attempts=1) as c:
+            return await c.list_page(path, 0, limit)
+
+    for path in ("/organizations", "/organization_memberships"):
+        with pytest.raises(ClerkAPIError, match="answered 422: limit must be between 1 and 500"):
+            asyncio.run(go(path, 501))
+    # The users' bare array is not the organizations' shape.
+    with pytest.raises(ClerkAPIError, match=r"GET /users did not answer \{data"):
+        asyncio.run(go("/users", 10))
+
+
+def test_organization_lists_wait_for_retry_after_and_stop_on_a_wrong_key(
+    standin: StandIn,
+) -> None:
+    with_organizations(standin, 3, 3)
+    standin.rate_limit_requests, standin.retry_after = {1, 2}, "2"
+    sleeps = Sleeps()
+
+    async def go(key: str | None = None) -> Page:
+        async with client(standin, key=key, sleep=sleeps) as c:
+            return await c.list_page("/organization_memberships", 0)
+
+    assert len(asyncio.run(go()).items) == 3
+    assert sleeps.waits == [2.0, 2.0] and [r.status for r in standin.log] == [429, 429, 200]
+
+    standin.log.clear()
+    with pytest.raises(ClerkAuthError, match=r"CLERK_SECRET_KEY was rejected \(401\)"):
+        asyncio.run(go("sk_test_wrong"))
+    assert len(standin.log) == 1
+
+
+def test_organizations_and_memberships_are_confirmed_by_lookups(standin: StandIn) -> None:
+    with_organizations(standin, 10, 30)  # memberships i: organization i % 10, user i // 10
+    m = standin.memberships
+
+    async def go() -> tuple[set[str], set[str]]:
+        async with client(standin) as c:
+            orgs = await c.existing_organization_ids(["org_000001bf", "org_gone", "org_000009bf"])
+            members = await c.existing_membership_ids(
+                [
+                    (m[0]["id"], "org_000000bf", "user_000000bf"),
+                    (m[10]["id"], "org_000000bf", "user_000001bf"),
+                    ("orgmem_rejoined_before", "org_000000bf", "user_000002bf"),  # not its id
+                    ("orgmem_of_a_gone_org", "org_gone", "user_000000bf"),
+                ]
+            )
+            return orgs, members
+
+    orgs, members = asyncio.run(go())
+    assert orgs == {"org_000001bf", "org_000009bf"}
+    assert members == {m[0]["id"], m[10]["id"]}
+    lookups = [(r.path, r.query.get("user_id"), r.status) for r in standin.log][3:]
+    assert lookups == [
+        (
+            "/v1/organizations/org_000000bf/memberships",
+            ["user_000000bf", "user_000001bf", "user_000002bf"],
+            200,
+        ),
+        ("/v1/organizations/org_gone/memberships", ["user_000000bf"], 404),
+    ]

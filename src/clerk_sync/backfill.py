@@ -1,25 +1,37 @@
-"""`clerk-sync backfill`: copy every Clerk user into public.users, and repair drift.
+"""`clerk-sync backfill`: copy every Clerk user, organization and membership into the synced
+tables, and repair drift.
 
-Webhooks only carry changes, so users who existed before the endpoint did, and events lost while
-it was down for longer than Svix retries, never arrive. A backfill reads every user from the
-Backend API (`GET /v1/users?order_by=+created_at`, 500 a page; new sign-ups land at the end, so
-pages stay put) and writes each one as a `user.updated` event through `public.clerk_sync_apply`,
-the webhooks' own write path. So a row that a webhook has made newer is left alone (`stale`), a
-deleted user is not revived, and running it twice, or alongside live webhooks, is safe.
+Webhooks only carry changes, so what existed before the endpoint did, and events lost while it
+was down for longer than Svix retries, never arrive. A backfill reads, from the Backend API,
+every user (`GET /v1/users`), then every organization (`GET /v1/organizations`), then every
+membership of the instance (`GET /v1/organization_memberships`: one walk, not one per
+organization), each oldest first (`order_by=+created_at`, 500 a page, one request a page; new
+ones land at the end, so pages stay put). It writes each object as its `.updated` event
+through `public.clerk_sync_apply_batch`, the webhooks' own write path. So a row that a webhook
+has made newer is left alone (`stale`), a deleted user, organization or membership is not
+revived, and running it twice, or alongside live webhooks, is safe. Organizations come before
+memberships (each membership carries its organization, and writes it when that is newer, but
+the organizations' own walk is what keeps them current).
+
+Each resource is one entry of RESOURCES: where it is listed, its event type, the SQL that
+classifies a page and finds prune candidates, and how Clerk confirms a candidate is gone. One
+more resource is one more entry.
 
 Each page is classified against the database first (created / updated / unchanged / stale), and
-only users that need a write are sent: a nightly run over an in-sync table writes nothing but its
-progress. A page's writes, the ids it listed and the run's next offset commit in one transaction,
-so an interrupted run resumes at the first page it had not committed.
+only objects that need a write are sent: a nightly run over in-sync tables writes nothing but its
+progress. A page's writes, the ids it listed and the run's next position (resource and offset)
+commit in one transaction, so an interrupted run resumes at the first page it had not committed,
+in the resource it was on.
 
-`--prune` deletes (as `user.deleted` does) rows that Clerk no longer lists. Offset pagination
-skips a user when another is deleted mid-run, so each candidate is looked up by id before it is
-deleted, and users created after the run started are never candidates. A guard refuses when more
-than a share of the rows (10% by default) would go, which is what a key for another Clerk
-instance would otherwise cause.
+`--prune` deletes (as `user.deleted`, `organization.deleted` and `organizationMembership.deleted`
+do) rows that Clerk no longer lists. Offset pagination skips an object when another is deleted
+mid-run, so each candidate is looked up in Clerk before it is deleted, and objects created after
+the run started are never candidates. A guard, per resource, refuses when more than a share of
+its rows (10% by default) would go, which is what a key for another Clerk instance would
+otherwise cause.
 
 Exit statuses, for schedulers: 0 in sync, nothing changed; 3 drift found and repaired; 4 drift
-found by --dry-run (nothing written); 1 failure (including users that could not be written);
+found by --dry-run (nothing written); 1 failure (including objects that could not be written);
 2 configuration, or --prune refused by its guard.
 """
 
@@ -30,15 +42,15 @@ import datetime as dt
 import functools
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 import asyncpg
 import orjson
 
 from clerk_sync import migrations
-from clerk_sync.clerk_api import PAGE_LIMIT, ClerkClient, User
+from clerk_sync.clerk_api import PAGE_LIMIT, ClerkClient, ClerkObject
 from clerk_sync.database import connection, describe_error, refuses
 from clerk_sync.errors import ClerkSyncError, Refused
 from clerk_sync.settings import Settings
@@ -49,17 +61,23 @@ REFUSED = 2
 REPAIRED = 3
 DRIFT_FOUND = 4
 
-# Users created in Clerk this long before the run started are never prune candidates: they may
-# sit past the last page read, and Clerk's clock is not ours.
+# Objects created in Clerk this long before the run started are never prune candidates: they
+# may sit past the last page read, and Clerk's clock is not ours.
 PRUNE_GRACE = dt.timedelta(minutes=10)
-SAMPLE_SIZE = 5  # user ids shown per kind of change
+SAMPLE_SIZE = 5  # ids shown per resource and kind of change
 
 # --- SQL ------------------------------------------------------------------------------------
 
-# What a page of Clerk users would do to the database, before anything is written: the write
-# path's own prediction of its rule (sql/repeatable/20_write_path.sql), one row per event.
-CLASSIFY_SQL = """
+# What a page of Clerk objects would do to the database, before anything is written: the write
+# path's own prediction of its rule, one row per event (users: sql/repeatable/20_write_path.sql;
+# organizations and memberships: sql/repeatable/25_backfill.sql).
+CLASSIFY_USERS_SQL = """
 select status, problem from clerk_sync.classify_batch($1::text[], $2::jsonb[]) order by n
+"""
+
+CLASSIFY_ORGANIZATIONS_SQL = """
+select status, problem from clerk_sync.classify_organization_batch($1::text[], $2::jsonb[])
+order by n
 """
 
 # A page's writes in one statement, through the webhooks' write path.
@@ -82,16 +100,16 @@ LOCKED_RETRIES = 50
 DEADLOCK_RETRIES = 3
 
 RECORD_SEEN_SQL = """
-insert into clerk_sync.backfill_seen (run_id, user_id)
-select $1, unnest($2::text[])
+insert into clerk_sync.backfill_seen (run_id, resource, object_id)
+select $1, $2, unnest($3::text[])
 on conflict do nothing
 """
 
-# Compare-and-set on next_offset: a second process resuming the same run fails here.
+# Compare-and-set on the position: a second process resuming the same run fails here.
 SAVE_PROGRESS_SQL = """
 update clerk_sync.backfill_runs
-set next_offset = $3, counts = $4::jsonb, progress_at = now()
-where id = $1 and next_offset = $2 and finished_at is null
+set resource = $4, next_offset = $5, counts = $6::jsonb, progress_at = now()
+where id = $1 and resource = $2 and next_offset = $3 and finished_at is null
 """
 
 ABANDON_OPEN_RUNS_SQL = """
@@ -100,13 +118,13 @@ where finished_at is null
 """
 
 OPEN_RUN_SQL = """
-select id, started_at, next_offset, counts::text as counts
+select id, started_at, resources, resource, next_offset, counts::text as counts
 from clerk_sync.backfill_runs where finished_at is null
 """
 
 NEW_RUN_SQL = """
-insert into clerk_sync.backfill_runs default values
-returning id, started_at, next_offset, counts::text as counts
+insert into clerk_sync.backfill_runs (resources, resource) values ($1::text[], $1[1])
+returning id, started_at, resources, resource, next_offset, counts::text as counts
 """
 
 FINISH_RUN_SQL = """
@@ -117,27 +135,183 @@ where id = $1
 
 FORGET_SEEN_SQL = "delete from clerk_sync.backfill_seen where run_id = $1"
 
-ACTIVE_USERS_SQL = "select count(*) from public.users where deleted_at is null"
-
-# Rows Clerk did not list in this run (by the ids recorded with each page).
-PRUNE_CANDIDATES_SQL = """
-select u.id from public.users as u
+# Prune candidates: live rows Clerk did not list in this run (by the ids recorded with each
+# page: $1 the run; --dry-run records nothing and passes the ids it listed as $2: see
+# sql/repeatable/25_backfill.sql), created before $3. Each comes with its id, what Clerk is asked to confirm it by, and the delete event
+# that removes it, as the webhook would send it.
+PRUNE_USERS_SQL = """
+select u.id, null::text as organization_id, null::text as user_id,
+       jsonb_build_object(
+           'object', 'event', 'type', 'user.deleted',
+           'data', jsonb_build_object('object', 'user', 'id', u.id, 'deleted', true)
+       )::text as event
+from public.users as u
 where u.deleted_at is null
-  and coalesce(u.created_at, u.updated_at) < $2
-  and not exists (
-      select 1 from clerk_sync.backfill_seen as s where s.run_id = $1 and s.user_id = u.id
-  )
+  and coalesce(u.created_at, u.updated_at) < $3::timestamptz
+  and not clerk_sync.backfill_listed($1::bigint, 'users', u.id, $2::text[])
 order by u.id
 """
 
-# The same for --dry-run, which records nothing: the ids it listed come as a parameter.
-PRUNE_CANDIDATES_DRY_RUN_SQL = """
-select u.id from public.users as u
-where u.deleted_at is null
-  and coalesce(u.created_at, u.updated_at) < $2
-  and u.id <> all($1::text[])
-order by u.id
+PRUNE_ORGANIZATIONS_SQL = """
+select o.id, o.id as organization_id, null::text as user_id,
+       jsonb_build_object(
+           'object', 'event', 'type', 'organization.deleted',
+           'data', jsonb_build_object(
+               'object', 'organization', 'id', o.id, 'slug', o.slug, 'deleted', true)
+       )::text as event
+from public.organizations as o
+where o.deleted_at is null
+  and coalesce(o.created_at, o.updated_at) < $3::timestamptz
+  and not clerk_sync.backfill_listed($1::bigint, 'organizations', o.id, $2::text[])
+order by o.id
 """
+
+# organizationMembership.deleted carries the whole membership, its organization included: made
+# from the rows (the organization at the version the row holds, so it changes nothing there).
+PRUNE_MEMBERSHIPS_SQL = """
+select m.id, m.organization_id, m.user_id,
+       jsonb_build_object(
+           'object', 'event', 'type', 'organizationMembership.deleted',
+           'data', jsonb_build_object(
+               'object', 'organization_membership', 'id', m.id, 'role', m.role,
+               'permissions', to_jsonb(m.permissions), 'public_metadata', m.public_metadata,
+               'created_at', (extract(epoch from m.created_at) * 1000)::bigint,
+               'updated_at', (extract(epoch from m.updated_at) * 1000)::bigint,
+               'public_user_data', jsonb_build_object('user_id', m.user_id),
+               'organization', jsonb_build_object(
+                   'object', 'organization', 'id', o.id, 'name', o.name, 'slug', o.slug,
+                   'image_url', o.image_url, 'created_by', o.created_by,
+                   'public_metadata', o.public_metadata,
+                   'max_allowed_memberships', o.max_allowed_memberships,
+                   'admin_delete_enabled', o.admin_delete_enabled,
+                   'created_at', (extract(epoch from o.created_at) * 1000)::bigint,
+                   'updated_at', (extract(epoch from o.updated_at) * 1000)::bigint))
+       )::text as event
+from public.organization_memberships as m
+join public.organizations as o on o.id = m.organization_id and o.updated_at is not null
+where m.deleted_at is null
+  and coalesce(m.created_at, m.updated_at) < $3::timestamptz
+  and not clerk_sync.backfill_listed($1::bigint, 'memberships', m.id, $2::text[])
+order by m.id
+"""
+
+
+# --- the resources ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A live row that Clerk did not list: its id, what Clerk confirms it by, its delete event."""
+
+    id: str
+    organization_id: str | None
+    user_id: str | None
+    event: str
+
+
+async def _confirm_users(clerk: ClerkClient, candidates: Sequence[Candidate]) -> set[str]:
+    return await clerk.existing_user_ids([c.id for c in candidates])
+
+
+async def _confirm_organizations(clerk: ClerkClient, candidates: Sequence[Candidate]) -> set[str]:
+    return await clerk.existing_organization_ids([c.id for c in candidates])
+
+
+async def _confirm_memberships(clerk: ClerkClient, candidates: Sequence[Candidate]) -> set[str]:
+    return await clerk.existing_membership_ids(
+        [(c.id, c.organization_id or "", c.user_id or "") for c in candidates]
+    )
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One kind of Clerk object that a backfill walks."""
+
+    name: str  # as --only takes it, and in summaries: "users"
+    noun: str  # one of them, in messages: "user"
+    list_path: str  # the Backend API list, paged by limit/offset, oldest first
+    wrapped: bool  # the list answers {"data": [...], "total_count": n}, not a bare array
+    count_path: str | None  # where the total is asked for first (else: the pages' total_count)
+    event_type: str  # each object is written as this event
+    version: tuple[tuple[str, ...], ...]  # the fields whose values make a listed object's svix-id
+    classify_sql: str
+    table: str  # its rows, for the prune guard's count
+    prune_sql: str
+    confirm: Callable[[ClerkClient, Sequence[Candidate]], Awaitable[set[str]]]
+
+    def svix_id(self, obj: ClerkObject) -> str:
+        """The same object at the same version always gets the same id: a rerun is a duplicate."""
+        parts = [str(obj.get("id"))]
+        for path in self.version:
+            value: Any = obj
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            parts.append(str(value or 0))
+        return "backfill:" + ":".join(parts)
+
+
+USERS = Resource(
+    name="users",
+    noun="user",
+    list_path="/users",
+    wrapped=False,
+    count_path="/users/count",
+    event_type="user.updated",
+    version=(("updated_at",), ("last_sign_in_at",)),
+    classify_sql=CLASSIFY_USERS_SQL,
+    table="public.users",
+    prune_sql=PRUNE_USERS_SQL,
+    confirm=_confirm_users,
+)
+ORGANIZATIONS = Resource(
+    name="organizations",
+    noun="organization",
+    list_path="/organizations",
+    wrapped=True,
+    count_path=None,
+    event_type="organization.updated",
+    version=(("updated_at",),),
+    classify_sql=CLASSIFY_ORGANIZATIONS_SQL,
+    table="public.organizations",
+    prune_sql=PRUNE_ORGANIZATIONS_SQL,
+    confirm=_confirm_organizations,
+)
+MEMBERSHIPS = Resource(
+    name="memberships",
+    noun="membership",
+    list_path="/organization_memberships",
+    wrapped=True,
+    count_path=None,
+    event_type="organizationMembership.updated",
+    version=(("updated_at",), ("organization", "updated_at")),
+    classify_sql=CLASSIFY_ORGANIZATIONS_SQL,
+    table="public.organization_memberships",
+    prune_sql=PRUNE_MEMBERSHIPS_SQL,
+    confirm=_confirm_memberships,
+)
+# In the order a run walks (and prunes) them: a pruned user or organization ends its
+# memberships before the memberships are looked at.
+RESOURCES: tuple[Resource, ...] = (USERS, ORGANIZATIONS, MEMBERSHIPS)
+RESOURCE_NAMES = tuple(r.name for r in RESOURCES)
+
+
+def select_resources(values: Iterable[str]) -> tuple[str, ...]:
+    """The resource names `--only` gives (repeated, or comma-separated), in walking order; all
+    of them when none is given. ValueError names one that is not a resource."""
+    wanted: set[str] = set()
+    for value in values:
+        for name in value.split(","):
+            name = name.strip().lower()
+            if not name:
+                continue
+            if name not in RESOURCE_NAMES:
+                raise ValueError(f"--only: {name!r} is not one of {', '.join(RESOURCE_NAMES)}")
+            wanted.add(name)
+    return tuple(n for n in RESOURCE_NAMES if n in wanted) if wanted else RESOURCE_NAMES
+
+
+def _resource(name: str) -> Resource:
+    return next(r for r in RESOURCES if r.name == name)
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -145,7 +319,7 @@ order by u.id
 
 @dataclass
 class Tally:
-    """What a run did (or, with --dry-run, would do) to public.users."""
+    """What a run did (or, with --dry-run, would do) to one resource's table."""
 
     created: int = 0
     updated: int = 0
@@ -166,12 +340,11 @@ class Tally:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
-    def to_json(self) -> str:
-        return orjson.dumps({f.name: getattr(self, f.name) for f in fields(self)}).decode()
+    def to_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_json(cls, text: str) -> Tally:
-        saved = orjson.loads(text)
+    def from_dict(cls, saved: dict[str, Any]) -> Tally:
         return cls(**{f.name: int(saved.get(f.name, 0)) for f in fields(cls)})
 
     def describe(self) -> str:
@@ -179,6 +352,17 @@ class Tally:
             f"created {self.created}, updated {self.updated}, unchanged {self.unchanged}, "
             f"stale {self.stale}, deleted {self.deleted}, errors {self.errors}"
         )
+
+
+def _tallies_to_json(tallies: dict[str, Tally]) -> str:
+    return orjson.dumps({name: t.to_dict() for name, t in tallies.items()}).decode()
+
+
+def _tallies_from_json(text: str, names: Sequence[str]) -> dict[str, Tally]:
+    saved = orjson.loads(text)
+    if any(f.name in saved for f in fields(Tally)):  # a run of a release that walked users only
+        saved = {"users": saved}
+    return {name: Tally.from_dict(saved.get(name) or {}) for name in names}
 
 
 @dataclass(frozen=True)
@@ -189,39 +373,76 @@ class BackfillOptions:
     restart: bool = False
     max_prune_ratio: float = 0.10
     delete_mode: str = "soft"
+    resources: tuple[str, ...] = RESOURCE_NAMES  # --only
+
+
+_VERDICTS = {IN_SYNC: "in sync", REPAIRED: "drift repaired", DRIFT_FOUND: "drift found"}
+
+
+def _exit_status(tally: Tally, dry_run: bool) -> int:
+    if tally.errors:
+        return FAILED
+    if not tally.drift:
+        return IN_SYNC
+    return DRIFT_FOUND if dry_run else REPAIRED
 
 
 @dataclass
-class BackfillResult:
+class ResourceResult:
+    """What a run did to one resource."""
+
+    resource: str
     tally: Tally
     dry_run: bool
-    seconds: float
-    resumed_from: int = 0  # the offset an unfinished run resumed at (0 for a new run)
-    retries: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    walked: bool = False  # listed by this process (else by the interrupted one it resumed)
+    resumed_from: int = 0  # the offset an unfinished run resumed this resource at
     samples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def exit_status(self) -> int:
-        if self.tally.errors:
-            return FAILED
-        if not self.tally.drift:
-            return IN_SYNC
-        return DRIFT_FOUND if self.dry_run else REPAIRED
+        return _exit_status(self.tally, self.dry_run)
 
     def summary(self) -> str:
-        t = self.tally
+        t, name = self.tally, self.resource
         if self.dry_run:
-            head = f"dry run, nothing written: {t.listed} users listed; would have"
+            head = f"dry run, nothing written: {t.listed} {name} listed; would have"
         else:
-            resumed = f", resumed at offset {self.resumed_from}" if self.resumed_from else ""
-            head = f"backfill complete: {t.listed} users listed in {self.seconds:.1f} s{resumed};"
-        verdict = {
-            IN_SYNC: "in sync",
-            REPAIRED: "drift repaired",
-            DRIFT_FOUND: "drift found",
-            FAILED: "some users could not be written",
-        }[self.exit_status]
+            if not self.walked:
+                took = " (by the run this one resumed)"
+            else:
+                resumed = f", resumed at offset {self.resumed_from}" if self.resumed_from else ""
+                took = f" in {self.seconds:.1f} s{resumed}"
+            head = f"backfill complete: {t.listed} {name} listed{took};"
+        verdict = _VERDICTS.get(self.exit_status, f"some {name} could not be written")
         return f"{head} {t.describe()} ({verdict})"
+
+
+@dataclass
+class BackfillResult:
+    resources: list[ResourceResult]
+    dry_run: bool
+    seconds: float
+    retries: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def tally(self) -> Tally:
+        """All resources together."""
+        total = Tally()
+        for r in self.resources:
+            total.add(r.tally)
+        return total
+
+    def of(self, resource: str) -> ResourceResult:
+        return next(r for r in self.resources if r.resource == resource)
+
+    @property
+    def exit_status(self) -> int:
+        return _exit_status(self.tally, self.dry_run)
+
+    def summary(self) -> str:
+        """One line per resource."""
+        return "\n".join(r.summary() for r in self.resources)
 
 
 class BackfillError(ClerkSyncError):
@@ -229,7 +450,7 @@ class BackfillError(ClerkSyncError):
 
 
 class PruneRefused(BackfillError, Refused):
-    """--prune would remove more than the allowed share of rows."""
+    """--prune would remove more than the allowed share of a resource's rows."""
 
     exit_status = REFUSED
 
@@ -242,8 +463,8 @@ class PruneRefused(BackfillError, Refused):
 
 
 class Reporter(Protocol):
-    def start(self, total: int | None, done: int) -> None: ...
-    def page(self, done: int, tally: Tally) -> None: ...
+    def start(self, resource: str, total: int | None, done: int) -> None: ...
+    def page(self, resource: str, done: int, tally: Tally) -> None: ...
     def note(self, message: str) -> None: ...
     def finish(self) -> None: ...
 
@@ -261,16 +482,16 @@ class PlainReporter:
         self._stream.write(f"clerk-sync: {line}\n")
         self._stream.flush()
 
-    def start(self, total: int | None, done: int) -> None:
+    def start(self, resource: str, total: int | None, done: int) -> None:
         self._total, self._first, self._started = total, done, time.monotonic()
         where = f", resuming at offset {done}" if done else ""
-        self._write(f"backfill: Clerk reports {total} users{where}")
+        self._write(f"backfill: Clerk reports {total} {resource}{where}")
 
-    def page(self, done: int, tally: Tally) -> None:
+    def page(self, resource: str, done: int, tally: Tally) -> None:
         elapsed = max(time.monotonic() - self._started, 1e-6)
         rate = (done - self._first) / elapsed
         of_total = f"/{self._total}" if self._total is not None else ""
-        self._write(f"backfill: {done}{of_total} users, {rate:.0f}/s; {tally.describe()}")
+        self._write(f"backfill: {done}{of_total} {resource}, {rate:.0f}/s; {tally.describe()}")
 
     def note(self, message: str) -> None:
         self._write(message)
@@ -280,7 +501,7 @@ class PlainReporter:
 
 
 class RichReporter:
-    """A progress bar with rate and ETA, on a terminal."""
+    """A progress bar per resource with rate and ETA, on a terminal."""
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -288,6 +509,7 @@ class RichReporter:
             BarColumn,
             MofNCompleteColumn,
             Progress,
+            TaskID,
             TaskProgressColumn,
             TextColumn,
             TimeRemainingColumn,
@@ -295,7 +517,7 @@ class RichReporter:
 
         self._console = Console(stderr=True)
         self._progress = Progress(
-            TextColumn("backfill"),
+            TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TaskProgressColumn(),
@@ -304,27 +526,34 @@ class RichReporter:
             TextColumn("{task.fields[detail]}"),
             console=self._console,
         )
-        self._task = self._progress.add_task("backfill", total=None, rate="", detail="")
+        self._tasks: dict[str, TaskID] = {}
         self._started = time.monotonic()
         self._first = 0
 
-    def start(self, total: int | None, done: int) -> None:
+    def start(self, resource: str, total: int | None, done: int) -> None:
         self._started, self._first = time.monotonic(), done
-        self._progress.update(self._task, total=total, completed=done)
-        self._progress.start()
+        if not self._tasks:
+            self._progress.start()
+        self._tasks[resource] = self._progress.add_task(
+            resource, total=total, completed=done, rate="", detail=""
+        )
 
-    def page(self, done: int, tally: Tally) -> None:
+    def page(self, resource: str, done: int, tally: Tally) -> None:
         rate = (done - self._first) / max(time.monotonic() - self._started, 1e-6)
         detail = f"+{tally.created} ~{tally.updated} ={tally.unchanged} stale {tally.stale}"
         self._progress.update(
-            self._task, completed=done, rate=f"{rate:,.0f} users/s", detail=detail
+            self._tasks[resource],
+            completed=done,
+            rate=f"{rate:,.0f} {resource}/s",
+            detail=detail,
         )
 
     def note(self, message: str) -> None:
         self._console.print(f"clerk-sync: {message}", highlight=False, markup=False)
 
     def finish(self) -> None:
-        self._progress.stop()
+        if self._tasks:
+            self._progress.stop()
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -334,10 +563,12 @@ class RichReporter:
 class _Run:
     id: int | None  # None for --dry-run, which records nothing
     started_at: dt.datetime
+    resources: tuple[Resource, ...]
+    resource: str  # the resource the next page belongs to
     next_offset: int
-    tally: Tally
-    seen: list[str] = field(default_factory=list)  # --dry-run only
-    samples: dict[str, list[str]] = field(default_factory=dict)
+    tallies: dict[str, Tally]
+    seen: dict[str, list[str]] = field(default_factory=dict)  # --dry-run only
+    samples: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 async def run(
@@ -361,41 +592,65 @@ async def run(
 async def backfill(
     clerk: ClerkClient, conn: asyncpg.Connection, options: BackfillOptions, reporter: Reporter
 ) -> BackfillResult:
-    """List every Clerk user, write what differs, then prune if asked; see the module doc."""
+    """List every object of each resource, write what differs, then prune if asked; see the
+    module doc."""
     clock = time.monotonic()
     await _prepare_schema(conn, options, reporter)
-    total = await clerk.count_users()  # also the first check of the key: a 401 stops us here
-    run_state = await _open_run(conn, options)
-    resumed_from = run_state.next_offset
-    reporter.start(total, resumed_from)
+    run_state = await _open_run(conn, options, reporter)
+    results = [
+        ResourceResult(
+            r.name,
+            run_state.tallies[r.name],
+            options.dry_run,
+            samples=run_state.samples.setdefault(r.name, {}),
+        )
+        for r in run_state.resources
+    ]
+    result = BackfillResult(results, options.dry_run, 0.0)
+    names = [r.name for r in run_state.resources]
     try:
-        await _list_and_write(clerk, conn, run_state, options, reporter)
+        first = names.index(run_state.resource)
+        for i, resource in enumerate(run_state.resources[first:], first):
+            offset = run_state.next_offset if i == first else 0
+            following = names[i + 1] if i + 1 < len(names) else None
+            started = time.monotonic()
+            await _list_and_write(
+                clerk, conn, run_state, resource, offset, following, options, reporter
+            )
+            done = results[i]
+            done.seconds, done.walked, done.resumed_from = time.monotonic() - started, True, offset
         if options.prune:
-            try:
-                await _prune(clerk, conn, run_state, options, reporter)
-            except PruneRefused as exc:
-                exc.result.seconds = time.monotonic() - clock
+            refusals = []
+            for i, resource in enumerate(run_state.resources):
+                started = time.monotonic()
+                refusal = await _prune(clerk, conn, run_state, resource, options, reporter)
+                results[i].seconds += time.monotonic() - started
+                if refusal:
+                    refusals.append(refusal)
+            if refusals:
+                result.seconds = time.monotonic() - clock
                 await _finish_run(conn, run_state, "prune_refused")
-                raise
+                raise PruneRefused(
+                    f"--prune refused: {' and '.join(refusals)} are not in Clerk, more than "
+                    f"--max-prune-ratio {options.max_prune_ratio:.0%}; check that "
+                    "CLERK_SECRET_KEY belongs to this database's Clerk instance, then rerun "
+                    "with --force",
+                    result,
+                )
         await _finish_run(conn, run_state, "completed")
     finally:
         reporter.finish()
-    return BackfillResult(
-        tally=run_state.tally,
-        dry_run=options.dry_run,
-        seconds=time.monotonic() - clock,
-        resumed_from=resumed_from,
-        retries=dict(clerk.retries),
-        samples=run_state.samples,
-    )
+    result.seconds = time.monotonic() - clock
+    result.retries = dict(clerk.retries)
+    return result
 
 
 async def _prepare_schema(
     conn: asyncpg.Connection, options: BackfillOptions, reporter: Reporter
 ) -> None:
     if options.dry_run:
-        # Writes nothing, migrations included; what it reads is in sql/repeatable/ since 0006.
-        if await migrations.current_version(conn) < migrations.DEFINITIONS_VERSION:
+        # Writes nothing, migrations included: what it reads must be there.
+        if await migrations.current_version(conn) < migrations.latest_version():
             raise BackfillError(
                 "this database has no current clerk-sync schema; run `clerk-sync migrate` first"
             )
@@ -409,49 +664,88 @@ async def _prepare_schema(
         reporter.note(f"applied migrations {names}")
 
 
-async def _open_run(conn: asyncpg.Connection, options: BackfillOptions) -> _Run:
+async def _open_run(conn: asyncpg.Connection, options: BackfillOptions, reporter: Reporter) -> _Run:
+    resources = tuple(_resource(name) for name in options.resources)
+    names = [r.name for r in resources]
     if options.dry_run:
         now = await conn.fetchval("select now()")
-        return _Run(None, now, 0, Tally())
+        return _Run(None, now, resources, names[0], 0, {n: Tally() for n in names})
     async with conn.transaction():
         if options.restart:
             await conn.execute(ABANDON_OPEN_RUNS_SQL)
         row = await conn.fetchrow(OPEN_RUN_SQL)
+        if row is not None and list(row["resources"]) != names:
+            # Resuming it would leave out, or add, whole resources: this run begins anew (what
+            # the other one wrote stays; writing it again changes nothing).
+            await conn.execute(ABANDON_OPEN_RUNS_SQL)
+            reporter.note(
+                f"an unfinished backfill of {', '.join(row['resources'])} is abandoned; "
+                f"this one ({', '.join(names)}) begins from the first page"
+            )
+            row = None
         if row is None:
             try:
                 async with conn.transaction():
-                    row = await conn.fetchrow(NEW_RUN_SQL)
+                    row = await conn.fetchrow(NEW_RUN_SQL, names)
             except asyncpg.UniqueViolationError:
                 raise BackfillError("another backfill started just now; let it finish") from None
     assert row is not None
-    return _Run(row["id"], row["started_at"], row["next_offset"], Tally.from_json(row["counts"]))
+    return _Run(
+        row["id"],
+        row["started_at"],
+        resources,
+        row["resource"],
+        row["next_offset"],
+        _tallies_from_json(row["counts"], names),
+    )
 
 
 async def _list_and_write(
     clerk: ClerkClient,
     conn: asyncpg.Connection,
     run_state: _Run,
+    resource: Resource,
+    offset: int,
+    following: str | None,
     options: BackfillOptions,
     reporter: Reporter,
 ) -> None:
-    """Page through Clerk, reading the next page while the current one is written."""
-    offset = run_state.next_offset
-    fetching: asyncio.Task[list[User]] | None = asyncio.create_task(clerk.list_users(offset))
+    """Page through one resource, reading the next page while the current one is written. The
+    last page's transaction moves the run on to the `following` resource."""
+    # The first request also checks the key: a 401 stops the run here.
+    total = await clerk.count(resource.count_path) if resource.count_path else None
+
+    def fetch(at: int) -> asyncio.Task[Any]:
+        return asyncio.create_task(
+            clerk.list_page(resource.list_path, at, wrapped=resource.wrapped)
+        )
+
+    fetching: asyncio.Task[Any] | None = fetch(offset)
+    tally = run_state.tallies[resource.name]
+    started = False
     try:
         while fetching is not None:
-            users = await fetching
+            page = await fetching
             fetching = None
-            if len(users) >= PAGE_LIMIT:
-                fetching = asyncio.create_task(clerk.list_users(offset + len(users)))
-            page = await _again_on_deadlock(
-                functools.partial(_write_page, conn, run_state, users, offset, options, reporter),
+            if not started:
+                reporter.start(resource.name, total if total is not None else page.total, offset)
+                started = True
+            items: list[ClerkObject] = page.items
+            last = len(items) < PAGE_LIMIT
+            if not last:
+                fetching = fetch(offset + len(items))
+            then = (following, 0) if last and following else (resource.name, offset + len(items))
+            written = await _again_on_deadlock(
+                functools.partial(
+                    _write_page, conn, run_state, resource, items, offset, then, options, reporter
+                ),
                 offset,
                 reporter,
             )
-            run_state.tally.add(page)
-            offset += len(users)
-            if users:
-                reporter.page(offset, run_state.tally)
+            tally.add(written)
+            offset += len(items)
+            if items:
+                reporter.page(resource.name, offset, tally)
     finally:
         if fetching is not None:
             fetching.cancel()
@@ -460,19 +754,16 @@ async def _list_and_write(
 
 @dataclass(frozen=True)
 class _Listed:
-    """A Clerk user as the write path takes it: a user.updated event."""
+    """A Clerk object as the write path takes it: its resource's .updated event."""
 
-    user_id: str
+    object_id: str
     svix_id: str
-    event: str  # {"type": "user.updated", "data": <the user as Clerk sent it>} as JSON
+    event: str  # {"type": "user.updated", "data": <the object as Clerk sent it>} as JSON
 
 
-def _listed(user: User) -> _Listed:
-    event = {"object": "event", "type": "user.updated", "data": user}
-    user_id, updated_at = user.get("id"), user.get("updated_at")
-    # The same user at the same version always gets the same id, so a rerun is a duplicate.
-    svix_id = f"backfill:{user_id}:{updated_at}:{user.get('last_sign_in_at') or 0}"
-    return _Listed(str(user_id), svix_id, orjson.dumps(event).decode())
+def _listed(resource: Resource, obj: ClerkObject) -> _Listed:
+    event = {"object": "event", "type": resource.event_type, "data": obj}
+    return _Listed(str(obj.get("id")), resource.svix_id(obj), orjson.dumps(event).decode())
 
 
 async def _again_on_deadlock(
@@ -491,39 +782,46 @@ async def _again_on_deadlock(
 async def _write_page(
     conn: asyncpg.Connection,
     run_state: _Run,
-    users: Sequence[User],
+    resource: Resource,
+    items: Sequence[ClerkObject],
     offset: int,
+    then: tuple[str, int],
     options: BackfillOptions,
     reporter: Reporter,
 ) -> Tally:
-    """Classify one page, apply what differs and record progress, in one transaction."""
+    """Classify one page, apply what differs and record progress (the run's next position is
+    `then`), in one transaction."""
     page = Tally()
+    samples = run_state.samples.setdefault(resource.name, {})
     if options.dry_run:
-        listed, statuses = await _classify(conn, users, offset, page, reporter)
-        for user_id, status in statuses.items():
-            _count(page, _final_status(status, None), run_state.samples, user_id)
-        run_state.seen.extend(listed)
+        listed, statuses = await _classify(conn, resource, items, offset, page, reporter)
+        for object_id, status in statuses.items():
+            _count(page, _final_status(status, None), samples, object_id)
+        run_state.seen.setdefault(resource.name, []).extend(listed)
         return page
 
     async with conn.transaction():
-        listed, statuses = await _classify(conn, users, offset, page, reporter)
-        writes = [listed[user_id] for user_id, status in statuses.items() if status in _WRITE]
-        outcomes = await _apply(conn, writes, options.delete_mode, reporter)
-        for user_id, status in statuses.items():
-            if user_id in outcomes and outcomes[user_id] is None:
+        listed, statuses = await _classify(conn, resource, items, offset, page, reporter)
+        writes = [listed[object_id] for object_id, status in statuses.items() if status in _WRITE]
+        outcomes = await _apply(conn, resource, writes, options.delete_mode, reporter)
+        for object_id, status in statuses.items():
+            if object_id in outcomes and outcomes[object_id] is None:
                 page.errors += 1
                 continue
-            _count(page, _final_status(status, outcomes.get(user_id)), run_state.samples, user_id)
-        await conn.execute(RECORD_SEEN_SQL, run_state.id, list(listed))
-        counts = Tally()
-        counts.add(run_state.tally)
-        counts.add(page)
+            _count(page, _final_status(status, outcomes.get(object_id)), samples, object_id)
+        await conn.execute(RECORD_SEEN_SQL, run_state.id, resource.name, list(listed))
+        counts = {name: Tally() for name in run_state.tallies}
+        for name, tally in run_state.tallies.items():
+            counts[name].add(tally)
+        counts[resource.name].add(page)
         saved = await conn.execute(
             SAVE_PROGRESS_SQL,
             run_state.id,
+            resource.name,
             offset,
-            offset + len(users),
-            counts.to_json(),
+            then[0],
+            then[1],
+            _tallies_to_json(counts),
         )
         if saved != "UPDATE 1":
             raise BackfillError(
@@ -537,72 +835,88 @@ _WRITE = frozenset({"created", "updated", "signed_in"})
 
 async def _classify(
     conn: asyncpg.Connection,
-    users: Sequence[User],
+    resource: Resource,
+    items: Sequence[ClerkObject],
     offset: int,
     page: Tally,
     reporter: Reporter,
 ) -> tuple[dict[str, _Listed], dict[str, str]]:
-    """The page's users that the write path takes, by id, and what writing each would do
-    (created | updated | signed_in | unchanged | stale), against the database now. A user it
+    """The page's objects that the write path takes, by id, and what writing each would do
+    (created | updated | signed_in | unchanged | stale), against the database now. One it
     would refuse is counted as an error and said."""
-    items = [_listed(user) for user in users]
-    if not items:
+    listed_items = [_listed(resource, obj) for obj in items]
+    if not listed_items:
         return {}, {}
-    rows = await conn.fetch(CLASSIFY_SQL, [i.svix_id for i in items], [i.event for i in items])
+    rows = await conn.fetch(
+        resource.classify_sql,
+        [i.svix_id for i in listed_items],
+        [i.event for i in listed_items],
+    )
     listed: dict[str, _Listed] = {}
     statuses: dict[str, str] = {}
-    for user, item, row in zip(users, items, rows, strict=True):
+    for obj, item, row in zip(items, listed_items, rows, strict=True):
         if row["status"] == "invalid":
             page.errors += 1
             reporter.note(
-                f"cannot write user {user.get('id')!r} (offset {offset}): {row['problem']}"
+                f"cannot write {resource.noun} {obj.get('id')!r} (offset {offset}): "
+                f"{row['problem']}"
             )
             continue
-        listed[item.user_id] = item
-        statuses[item.user_id] = row["status"]
+        listed[item.object_id] = item
+        statuses[item.object_id] = row["status"]
     return listed, statuses
 
 
 async def _apply(
-    conn: asyncpg.Connection, writes: Sequence[_Listed], delete_mode: str, reporter: Reporter
+    conn: asyncpg.Connection,
+    resource: Resource,
+    writes: Sequence[_Listed],
+    delete_mode: str,
+    reporter: Reporter,
 ) -> dict[str, str | None]:
     """Each write's outcome (None: refused, see `database.refuses`, or busy too long), in one statement when all is well;
     users busy in another transaction are tried again for a while (LOCKED_RETRIES)."""
-    outcomes = await _apply_once(conn, writes, delete_mode, reporter)
+    outcomes = await _apply_once(conn, resource, writes, delete_mode, reporter)
     for _ in range(LOCKED_RETRIES):
-        busy = [w for w in writes if outcomes[w.user_id] == "retry"]
+        busy = [w for w in writes if outcomes[w.object_id] == "retry"]
         if not busy:
             return outcomes
         await asyncio.sleep(LOCKED_RETRY_S)
-        outcomes.update(await _apply_once(conn, busy, delete_mode, reporter))
+        outcomes.update(await _apply_once(conn, resource, busy, delete_mode, reporter))
     for w in writes:
-        if outcomes[w.user_id] == "retry":
-            reporter.note(f"cannot write user {w.user_id}: another transaction holds it")
-            outcomes[w.user_id] = None
+        if outcomes[w.object_id] == "retry":
+            reporter.note(
+                f"cannot write {resource.noun} {w.object_id}: another transaction holds it"
+            )
+            outcomes[w.object_id] = None
     return outcomes
 
 
 async def _apply_once(
-    conn: asyncpg.Connection, writes: Sequence[_Listed], delete_mode: str, reporter: Reporter
+    conn: asyncpg.Connection,
+    resource: Resource,
+    writes: Sequence[_Listed],
+    delete_mode: str,
+    reporter: Reporter,
 ) -> dict[str, str | None]:
     """Each write's outcome ('retry': its user is busy), one statement when all is well."""
     if not writes:
         return {}
     svix_ids = [w.svix_id for w in writes]
     try:
-        async with conn.transaction():  # a savepoint: one bad user must not sink the page
+        async with conn.transaction():  # a savepoint: one bad object must not sink the page
             rows = await conn.fetch(
                 APPLY_PAGE_SQL, svix_ids, [w.event for w in writes], delete_mode
             )
-        return {w.user_id: row[0] for w, row in zip(writes, rows, strict=True)}
+        return {w.object_id: row[0] for w, row in zip(writes, rows, strict=True)}
     except asyncpg.PostgresError as exc:
-        if not refuses(exc):  # an outage, not a user's data: the run stops and resumes later
+        if not refuses(exc):  # an outage, not an object's data: the run stops and resumes later
             raise
     outcomes: dict[str, str | None] = {}
     for w in writes:
         try:
             async with conn.transaction():
-                outcomes[w.user_id] = await conn.fetchval(
+                outcomes[w.object_id] = await conn.fetchval(
                     APPLY_ONE_SQL, w.svix_id, w.event, delete_mode
                 )
         except asyncpg.PostgresError as exc:
@@ -610,13 +924,13 @@ async def _apply_once(
                 raise
             # Its data or an app's constraint or trigger refused it: counted as an error, and
             # the run goes on. Said by SQLSTATE and constraint, never with the row's values.
-            reporter.note(f"cannot write user {w.user_id}: {describe_error(exc)}")
-            outcomes[w.user_id] = None
+            reporter.note(f"cannot write {resource.noun} {w.object_id}: {describe_error(exc)}")
+            outcomes[w.object_id] = None
     return outcomes
 
 
 def _final_status(classified: str, outcome: str | None) -> str:
-    """The tally bucket for a user, from what we expected and what the write path answered."""
+    """The tally bucket for an object, from what we expected and what the write path answered."""
     if classified == "signed_in":
         # An equal updated_at is stale to the write path, which still moves last_sign_in_at on.
         return "unchanged" if outcome == "duplicate" else "updated"
@@ -627,12 +941,12 @@ def _final_status(classified: str, outcome: str | None) -> str:
     return "stale" if outcome == "stale" else "unchanged"
 
 
-def _count(tally: Tally, status: str, samples: dict[str, list[str]], user_id: str) -> None:
+def _count(tally: Tally, status: str, samples: dict[str, list[str]], object_id: str) -> None:
     setattr(tally, status, getattr(tally, status) + 1)
     if status in ("created", "updated", "deleted", "stale"):
         bucket = samples.setdefault(status, [])
         if len(bucket) < SAMPLE_SIZE:
-            bucket.append(user_id)
+            bucket.append(object_id)
 
 
 # --- prune ------------------------------------------------------------------------------------
@@ -642,67 +956,62 @@ async def _prune(
     clerk: ClerkClient,
     conn: asyncpg.Connection,
     run_state: _Run,
+    resource: Resource,
     options: BackfillOptions,
     reporter: Reporter,
-) -> None:
-    """Delete, as user.deleted does, the rows Clerk no longer has."""
+) -> str | None:
+    """Delete, as the resource's delete event does, the rows Clerk no longer has. Refused by the
+    guard: what was refused ("6 of 41 users (14.6%)"), and nothing deleted."""
     cutoff = run_state.started_at - PRUNE_GRACE
-    if run_state.id is None:
-        rows = await conn.fetch(PRUNE_CANDIDATES_DRY_RUN_SQL, run_state.seen, cutoff)
-    else:
-        rows = await conn.fetch(PRUNE_CANDIDATES_SQL, run_state.id, cutoff)
-    candidates = [row["id"] for row in rows]
+    rows = await conn.fetch(
+        resource.prune_sql, run_state.id, run_state.seen.get(resource.name, []), cutoff
+    )
+    candidates = [Candidate(r["id"], r["organization_id"], r["user_id"], r["event"]) for r in rows]
     if not candidates:
-        return
-    active = int(await conn.fetchval(ACTIVE_USERS_SQL))
+        return None
+    active = int(
+        await conn.fetchval(f"select count(*) from {resource.table} where deleted_at is null")
+    )
     share = len(candidates) / max(active, 1)
     if share > options.max_prune_ratio and not options.force:
-        raise PruneRefused(
-            f"--prune refused: {len(candidates)} of {active} users ({share:.1%}) are not in "
-            f"Clerk, more than --max-prune-ratio {options.max_prune_ratio:.0%}; check that "
-            "CLERK_SECRET_KEY belongs to this database's Clerk instance, then rerun with --force",
-            BackfillResult(run_state.tally, options.dry_run, 0.0, samples=run_state.samples),
-        )
-    # Offset pages shift when a user is deleted mid-run, so an unlisted user may still exist.
-    still_there = await clerk.existing_user_ids(candidates)
+        return f"{len(candidates)} of {active} {resource.name} ({share:.1%})"
+    # Offset pages shift when an object is deleted mid-run, so an unlisted one may still exist.
+    still_there = await resource.confirm(clerk, candidates)
     if still_there:
         reporter.note(
-            f"--prune: {len(still_there)} users missing from the listing are still in Clerk "
-            "(pages moved during the run); not deleted"
+            f"--prune: {len(still_there)} {resource.name} missing from the listing are still in "
+            "Clerk (pages moved during the run); not deleted"
         )
-    gone = [user_id for user_id in candidates if user_id not in still_there]
+    gone = [c for c in candidates if c.id not in still_there]
+    tally = run_state.tallies[resource.name]
+    samples = run_state.samples.setdefault(resource.name, {})
     if options.dry_run:
-        for user_id in gone:
-            _count(run_state.tally, "deleted", run_state.samples, user_id)
-        return
+        for c in gone:
+            _count(tally, "deleted", samples, c.id)
+        return None
+    deleted = 0
     for start in range(0, len(gone), PAGE_LIMIT):
         chunk = gone[start : start + PAGE_LIMIT]
-        events = [_deleted_event(user_id) for user_id in chunk]
         async with conn.transaction():
-            rows = await conn.fetch(
+            outcomes = await conn.fetch(
                 APPLY_PAGE_SQL,
-                [f"backfill-prune:{user_id}" for user_id in chunk],
-                events,
+                [f"backfill-prune:{c.id}" for c in chunk],
+                [c.event for c in chunk],
                 options.delete_mode,
             )
-        for user_id, row in zip(chunk, rows, strict=True):
+        for c, row in zip(chunk, outcomes, strict=True):
             if row[0] == "applied":
-                _count(run_state.tally, "deleted", run_state.samples, user_id)
-    reporter.note(f"--prune: deleted {run_state.tally.deleted} users that Clerk no longer has")
-
-
-def _deleted_event(user_id: str) -> str:
-    event = {
-        "object": "event",
-        "type": "user.deleted",
-        "data": {"object": "user", "id": user_id, "deleted": True},
-    }
-    return orjson.dumps(event).decode()
+                _count(tally, "deleted", samples, c.id)
+                deleted += 1
+    reporter.note(f"--prune: deleted {deleted} {resource.name} that Clerk no longer has")
+    return None
 
 
 async def _finish_run(conn: asyncpg.Connection, run_state: _Run, outcome: str) -> None:
     if run_state.id is None:
         return
     async with conn.transaction():
-        await conn.execute(FINISH_RUN_SQL, run_state.id, outcome, run_state.tally.to_json())
+        await conn.execute(
+            FINISH_RUN_SQL, run_state.id, outcome, _tallies_to_json(run_state.tallies)
+        )
         await conn.execute(FORGET_SEEN_SQL, run_state.id)

@@ -1,9 +1,10 @@
-"""A small async client for the parts of Clerk's Backend API that clerk-sync reads: the user list
-(`backfill`), one user and the instance's JWKS (session sync).
+"""A small async client for the parts of Clerk's Backend API that clerk-sync reads: the lists of
+users, organizations and memberships (`backfill`), one user and the instance's JWKS (session
+sync).
 
 Why not Clerk's SDK (`clerk-backend-api`)? It parses every user into its pydantic models, and
 `backfill` needs each user as raw JSON, exactly as a webhook's `data` carries it, to feed the same
-SQL write path: re-serializing the models would rename, drop or add fields. What we need is three
+SQL write path: re-serializing the models would rename, drop or add fields. What we need is a few
 GETs, a bearer key and a retry policy, which is what this module is.
 
 Retries: a 429 waits for its `Retry-After` (capped); a 5xx, a timeout or a dropped connection is
@@ -19,6 +20,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -27,7 +29,7 @@ import httpx
 from clerk_sync import __version__
 from clerk_sync.errors import ClerkSyncError
 
-PAGE_LIMIT = 500  # the API's maximum for GET /v1/users
+PAGE_LIMIT = 500  # the API's maximum `limit` for its lists (users, organizations, memberships)
 FILTER_LIMIT = 100  # the API's maximum number of user_id filters in one request
 MAX_ATTEMPTS = 6
 MAX_RETRY_AFTER = 60.0  # seconds: never sleep longer than this on one 429
@@ -35,6 +37,7 @@ BACKOFF_BASE = 0.5  # seconds: first back-off, doubled per attempt
 BACKOFF_MAX = 20.0
 
 User = dict[str, Any]
+ClerkObject = dict[str, Any]  # a user, organization or membership as the API answers it
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -58,9 +61,19 @@ class ClerkRateLimited(ClerkAPIError):
         self.retry_after = retry_after
 
 
+@dataclass(frozen=True)
+class Page:
+    """One page of a list: its objects and, for lists that answer `{data, total_count}`, the
+    total (GET /users answers a bare array: None)."""
+
+    items: list[ClerkObject]
+    total: int | None
+
+
 class ClerkClient:
-    """GET /users, /users/count, /users?user_id=…, /users/{id} and /jwks with a bearer key and
-    retries."""
+    """GET /users, /users/count, /users?user_id=…, /users/{id}, /organizations,
+    /organizations/{id}, /organizations/{id}/memberships, /organization_memberships and /jwks,
+    with a bearer key and retries."""
 
     def __init__(
         self,
@@ -99,14 +112,67 @@ class ClerkClient:
 
     async def list_users(self, offset: int, limit: int = PAGE_LIMIT) -> list[User]:
         """One page of users, oldest first: new sign-ups land at the end, so pages stay put."""
+        return (await self.list_page("/users", offset, limit, wrapped=False)).items
+
+    async def list_page(
+        self, path: str, offset: int, limit: int = PAGE_LIMIT, *, wrapped: bool = True
+    ) -> Page:
+        """One page of a list (`/users`, `/organizations`, `/organization_memberships`), oldest
+        first. `wrapped`: the list answers `{"data": [...], "total_count": n}` (organizations and
+        memberships), else a bare array (users)."""
         params = {"limit": limit, "offset": offset, "order_by": "+created_at"}
-        return _user_list(await self._get_json("/users", params))
+        body = await self._get_json(path, params)
+        if not wrapped:
+            return Page(_user_list(body), None)
+        return _page(path, body)
+
+    async def existing_organization_ids(self, organization_ids: Sequence[str]) -> set[str]:
+        """Which of these organizations Clerk still has (GET /organizations/{id} each: 404 is
+        gone)."""
+        found: set[str] = set()
+        for organization_id in organization_ids:
+            try:
+                await self._get_json(f"/organizations/{quote(organization_id, safe='')}", {})
+            except ClerkNotFound:
+                continue
+            found.add(organization_id)
+        return found
+
+    async def existing_membership_ids(
+        self, memberships: Sequence[tuple[str, str, str]]
+    ) -> set[str]:
+        """Which of these memberships (membership id, organization id, user id) Clerk still has.
+        There is no lookup of a membership by id: each organization's members are asked for by
+        user id (GET /organizations/{id}/memberships?user_id=…, FILTER_LIMIT at a time), and a
+        membership is there when its id is among the answers; an organization Clerk answers 404
+        for has none."""
+        by_organization: dict[str, list[tuple[str, str]]] = {}
+        for membership_id, organization_id, user_id in memberships:
+            by_organization.setdefault(organization_id, []).append((membership_id, user_id))
+        found: set[str] = set()
+        for organization_id, members in by_organization.items():
+            path = f"/organizations/{quote(organization_id, safe='')}/memberships"
+            for start in range(0, len(members), FILTER_LIMIT):
+                chunk = members[start : start + FILTER_LIMIT]
+                params = [("user_id", user_id) for _, user_id in chunk]
+                params += [("limit", str(PAGE_LIMIT)), ("offset", "0")]
+                try:
+                    page = _page(path, await self._get_json(path, params))
+                except ClerkNotFound:
+                    break
+                listed = {str(m.get("id")) for m in page.items}
+                found.update(m_id for m_id, _ in chunk if m_id in listed)
+        return found
 
     async def count_users(self) -> int:
-        body = await self._get_json("/users/count", {})
+        return await self.count("/users/count")
+
+    async def count(self, path: str) -> int:
+        """The `total_count` a count endpoint (`/users/count`) answers."""
+        body = await self._get_json(path, {})
         total = body.get("total_count") if isinstance(body, dict) else None
         if not isinstance(total, int):
-            raise ClerkAPIError(f"{self.base_url}/users/count did not answer a total_count")
+            raise ClerkAPIError(f"{self.base_url}{path} did not answer a total_count")
         return total
 
     async def existing_user_ids(self, user_ids: Sequence[str]) -> set[str]:
@@ -209,6 +275,21 @@ def _user_list(body: Any) -> list[User]:
             "https://api.clerk.com/v1?)"
         )
     return body
+
+
+def _page(path: str, body: Any) -> Page:
+    data = body.get("data") if isinstance(body, dict) else None
+    total = body.get("total_count") if isinstance(body, dict) else None
+    if (
+        not isinstance(data, list)
+        or not all(isinstance(item, dict) for item in data)
+        or not isinstance(total, int)
+    ):
+        raise ClerkAPIError(
+            f"GET {path} did not answer {{data: [...], total_count: n}} (is CLERK_API_URL the "
+            "Backend API, https://api.clerk.com/v1?)"
+        )
+    return Page(data, total)
 
 
 def _clerk_message(response: httpx.Response, template: str) -> str:

@@ -432,7 +432,9 @@ def backfill(
     prune: Annotated[
         bool,
         typer.Option(
-            "--prune", help="Delete (as user.deleted does) users that Clerk no longer has"
+            "--prune",
+            help="Delete (as user.deleted, organization.deleted and "
+            "organizationMembership.deleted do) rows that Clerk no longer has",
         ),
     ] = False,
     force: Annotated[
@@ -443,17 +445,33 @@ def backfill(
     ] = False,
     max_prune_ratio: Annotated[
         float,
-        typer.Option(min=0.0, max=1.0, help="Largest share of rows --prune may remove"),
+        typer.Option(
+            min=0.0, max=1.0, help="Largest share of a resource's rows --prune may remove"
+        ),
     ] = 0.10,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only",
+            metavar="RESOURCE",
+            help="Walk only these: users, organizations, memberships (repeat the flag, or "
+            "separate them by commas); all three by default",
+        ),
+    ] = None,
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Copy every user from Clerk's Backend API through the webhook write path.
+    """Copy every user, organization and membership from Clerk's Backend API through the
+    webhook write path (users, then organizations, then memberships).
 
     Exit status: 0 in sync, 3 drift repaired, 4 drift found (--dry-run), 1 failed, 2 refused.
     """
     from clerk_sync import backfill as backfilling
 
+    try:
+        resources = backfilling.select_resources(only or [])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     settings = load_settings(database_url=database_url, data_dir=data_dir)
     if not settings.clerk_secret_key:
         raise ConfigError(
@@ -466,6 +484,7 @@ def backfill(
         restart=restart,
         max_prune_ratio=max_prune_ratio,
         delete_mode=settings.delete_mode,
+        resources=resources,
     )
     reporter = backfilling.RichReporter() if sys.stderr.isatty() else backfilling.PlainReporter()
     with direct_database(settings) as dsn:
@@ -478,13 +497,18 @@ def backfill(
         except backfilling.PruneRefused as exc:
             typer.echo(exc.result.summary())
             raise
-    for kind, user_ids in result.samples.items():
-        typer.echo(f"clerk-sync: {kind} (first {len(user_ids)}): {', '.join(user_ids)}", err=True)
+    for done in result.resources:
+        for kind, ids in done.samples.items():
+            typer.echo(
+                f"clerk-sync: {done.resource} {kind} (first {len(ids)}): {', '.join(ids)}",
+                err=True,
+            )
     typer.echo(result.summary())
     if result.exit_status == backfilling.FAILED:
-        raise ClerkSyncError(
-            f"{result.tally.errors} users could not be written (see the lines above)"
+        failed = ", ".join(
+            f"{done.tally.errors} {done.resource}" for done in result.resources if done.tally.errors
         )
+        raise ClerkSyncError(f"{failed} could not be written (see the lines above)")
     raise typer.Exit(result.exit_status)
 
 
