@@ -121,6 +121,22 @@ declare
     v_rows bigint;
     v_changed boolean;
 begin
+    -- The memberships this batch's deletes may end (those of its organization.deleted and
+    -- user.deleted events), locked first and in one global order (by id). An organization's
+    -- delete and a user's end the same memberships from two sides, and take different locks
+    -- (the organization's, the user's): ending them in each statement's own order, two such
+    -- batches could each hold a row the other waits for, and PostgreSQL would abort one of
+    -- them (a deadlock).
+    perform 1 from public.organization_memberships as m
+    where m.organization_id = any(array(
+              select b.organization_id from clerk_sync.batch_events(p_svix_ids, p_events) as b
+              where b.kind = 'organization_delete'))
+       or m.user_id = any(array(
+              select b.user_id from clerk_sync.batch_events(p_svix_ids, p_events) as b
+              where b.kind = 'delete'))
+    order by m.id
+    for update;
+
     for v_event in
         -- Each svix-id's first delivery, unless handled before (as the batch's `fresh`).
         select f.n, f.svix_id, f.kind, f.user_id, f.organization_id, f.event -> 'data' as data
