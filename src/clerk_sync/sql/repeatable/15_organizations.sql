@@ -113,6 +113,8 @@ declare
     v_event record;
     v_outcomes text[];
     v_deleted_users text[] := '{}';
+    v_ending_organizations text[];
+    v_ending_users text[];
     v_org jsonb;
     v_member_id text;
     v_version timestamptz;
@@ -127,15 +129,16 @@ begin
     -- (the organization's, the user's): ending them in each statement's own order, two such
     -- batches could each hold a row the other waits for, and PostgreSQL would abort one of
     -- them (a deadlock).
-    perform 1 from public.organization_memberships as m
-    where m.organization_id = any(array(
-              select b.organization_id from clerk_sync.batch_events(p_svix_ids, p_events) as b
-              where b.kind = 'organization_delete'))
-       or m.user_id = any(array(
-              select b.user_id from clerk_sync.batch_events(p_svix_ids, p_events) as b
-              where b.kind = 'delete'))
-    order by m.id
-    for update;
+    select pg_catalog.array_agg(b.organization_id) filter (where b.kind = 'organization_delete'),
+           pg_catalog.array_agg(b.user_id) filter (where b.kind = 'delete')
+    into v_ending_organizations, v_ending_users
+    from clerk_sync.batch_events(p_svix_ids, p_events) as b;
+    if v_ending_organizations is not null or v_ending_users is not null then
+        perform 1 from public.organization_memberships as m
+        where m.organization_id = any(v_ending_organizations) or m.user_id = any(v_ending_users)
+        order by m.id
+        for update;
+    end if;
 
     for v_event in
         -- Each svix-id's first delivery, unless handled before (as the batch's `fresh`).
