@@ -1,9 +1,11 @@
-"""Realistic Clerk user deliveries, and the signed files wrk sends them from.
+"""Realistic Clerk deliveries, and the signed files wrk sends them from.
 
-A delivery is a Svix message id and a body. The bodies are Clerk `user.created` / `user.updated`
-events shaped as Clerk sends them (email with verification, a Google account, metadata, the
-request's attributes): about 3 KB each. Files are written line by line, so memory stays flat
-however many deliveries a run needs.
+A delivery is a Svix message id and a body. The bodies are Clerk events shaped as Clerk sends
+them: `user.created` / `user.updated` (email with verification, a Google account, metadata, the
+request's attributes: about 3 KB each), and for the mixed stream (`with_organizations`) also
+`session.created`, `organization.created` / `.updated` and `organizationMembership.created` /
+`.updated` (each membership carrying its organization in full, and its user's public data).
+Files are written line by line, so memory stays flat however many deliveries a run needs.
 """
 
 from __future__ import annotations
@@ -145,12 +147,15 @@ def user_event(event_type: str, user_id: str, updated_at: int, rng: random.Rando
     return orjson.dumps(event)
 
 
-def mixed(count: int, prefix: str = "bench", seed: int = 42) -> Iterator[Delivery]:
+def mixed(
+    count: int, prefix: str = "bench", seed: int = 42, users: list[str] | None = None
+) -> Iterator[Delivery]:
     """A live app's stream: ~55% new users, ~35% updates, ~5% duplicate deliveries (a Svix
-    retry: same message id and body) and ~5% stale updates (older than what was already sent)."""
+    retry: same message id and body) and ~5% stale updates (older than what was already sent).
+    Each new user's id is appended to `users` (when given) as it is sent."""
     rng = random.Random(seed)
     latest: dict[str, int] = {}
-    users: list[str] = []
+    users = [] if users is None else users
     recent: list[Delivery] = []
     for n in range(count):
         roll = rng.random()
@@ -172,6 +177,180 @@ def mixed(count: int, prefix: str = "bench", seed: int = 42) -> Iterator[Deliver
         delivery = (f"msg_{prefix}{n:010d}", user_event(event_type, user_id, updated_at, rng))
         recent.append(delivery)
         if len(recent) > 1000:  # retries come soon after the first attempt
+            recent.pop(0)
+        yield delivery
+
+
+# --- the mixed stream: users, sign-ins, organizations and memberships ---------------------------
+
+# The mixed stream's default shares, in percent: user events (as `mixed`), session.created,
+# organization events, membership events.
+MIX = (60, 15, 10, 15)
+ORG_NAMES = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark", "Wayne", "Tyrell"]
+ROLES = ["org:member", "org:member", "org:member", "org:admin"]
+PERMISSIONS = {
+    "org:member": ["org:sys_memberships:read", "org:sys_profile:read"],
+    "org:admin": [
+        "org:sys_profile:manage", "org:sys_profile:delete", "org:sys_memberships:read",
+        "org:sys_memberships:manage", "org:sys_domains:read", "org:sys_domains:manage",
+    ],
+}  # fmt: skip
+
+
+def _envelope(event_type: str, data: dict[str, Any], at: int, rng: random.Random) -> bytes:
+    return orjson.dumps(
+        {
+            "data": data,
+            "event_attributes": {
+                "http_request": {
+                    "client_ip": f"203.0.113.{rng.randrange(1, 255)}",
+                    "user_agent": (
+                        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
+                        "(KHTML, like Gecko) Chrome/128.0.0.0 Safari/537.36"
+                    ),
+                }
+            },
+            "instance_id": "ins_2g7np7Hrk0SN6kj5EDMLDaKNL0S",
+            "object": "event",
+            "timestamp": at,
+            "type": event_type,
+        }
+    )
+
+
+def organization(org_id: str, name: str, created_by: str, updated_at: int) -> dict[str, Any]:
+    """A Clerk organization object, as organization events and memberships carry it."""
+    suffix = org_id.removeprefix("org_")
+    return {
+        "object": "organization",
+        "id": org_id,
+        "name": name,
+        "slug": f"{name.lower()}-{suffix[-6:].lower()}",
+        "image_url": f"https://img.clerk.com/eyJ0eXBlIjoiZGVmYXVsdCIsImlpZCI6Im{suffix}",
+        "has_image": False,
+        "members_count": None,
+        "pending_invitations_count": None,
+        "max_allowed_memberships": 20,
+        "admin_delete_enabled": True,
+        "public_metadata": {"plan": "team", "seats": 20},
+        "private_metadata": {"stripe_customer_id": f"cus_{suffix[:14]}"},
+        "created_by": created_by,
+        "created_at": CREATED_AT,
+        "updated_at": updated_at,
+    }
+
+
+def membership(
+    membership_id: str,
+    org: dict[str, Any],
+    user_id: str,
+    role: str,
+    created_at: int,
+    updated_at: int,
+) -> dict[str, Any]:
+    """A Clerk organization membership, its organization embedded and its user's public data."""
+    suffix = user_id.removeprefix("user_")
+    return {
+        "object": "organization_membership",
+        "id": membership_id,
+        "role": role,
+        "role_name": role.removeprefix("org:").title(),
+        "permissions": PERMISSIONS[role],
+        "public_metadata": {},
+        "private_metadata": {},
+        "organization": org,
+        "public_user_data": {
+            "user_id": user_id,
+            "first_name": "Ada",
+            "last_name": "Lovelace",
+            "image_url": f"https://img.clerk.com/eyJ0eXBlIjoicHJveHkiLCJzcmMiOiJ{suffix}",
+            "has_image": True,
+            "identifier": f"ada.{suffix.lower()}@example.com",
+            "username": None,
+            "banned": False,
+        },
+        "created_at": created_at,
+        "updated_at": updated_at,
+    }
+
+
+def session(session_id: str, user_id: str, at: int) -> dict[str, Any]:
+    """A session.created's data: the session just started (its created_at the sign-in time)."""
+    return {
+        "object": "session",
+        "id": session_id,
+        "user_id": user_id,
+        "client_id": "client_" + session_id.removeprefix("sess_"),
+        "actor": None,
+        "status": "active",
+        "last_active_organization_id": None,
+        "last_active_at": at,
+        "expire_at": at + 7 * 86_400_000,
+        "abandon_at": at + 30 * 86_400_000,
+        "created_at": at,
+        "updated_at": at,
+    }
+
+
+def with_organizations(
+    count: int, shares: tuple[int, int, int, int] = MIX, prefix: str = "bench", seed: int = 42
+) -> Iterator[Delivery]:
+    """A live B2B app's stream, by `shares` (percent): user events (the `mixed` stream, its
+    duplicates and stale updates included), sign-ins (session.created of a known user),
+    organization events (~30% new organizations, the rest updates, newer each time) and
+    membership events (~70% a known user joining a known organization, the rest role changes).
+    A membership carries its organization as it stands then; ~5% of the sign-in, organization
+    and membership deliveries are Svix retries of a recent one."""
+    rng = random.Random(seed)
+    users: list[str] = []
+    user_stream = mixed(count, prefix, seed, users)
+    orgs: dict[str, dict[str, Any]] = {}
+    members: dict[str, tuple[str, str, str, int]] = {}  # id: (org, user, role, updated_at)
+    recent: list[Delivery] = []
+    clock = CREATED_AT
+    kinds = ("user", "session", "organization", "membership")
+    for n in range(count):
+        kind = rng.choices(kinds, weights=shares)[0]
+        if kind == "user" or not users:
+            yield next(user_stream)
+            continue
+        if recent and rng.random() < 0.05:
+            yield rng.choice(recent)
+            continue
+        clock += rng.randrange(1, 2_000)
+        message_id = f"msg_{prefix}{kind[0]}{n:010d}"
+        if kind == "session":
+            session_id = f"sess_{prefix}{n:08d}x{rng.getrandbits(40):010x}"
+            body = _envelope(
+                "session.created", session(session_id, rng.choice(users), clock), clock, rng
+            )
+        elif kind == "organization" or not orgs:
+            if not orgs or rng.random() < 0.3:
+                org_id = f"org_{prefix}{n:08d}x{rng.getrandbits(40):010x}"
+                org = organization(org_id, rng.choice(ORG_NAMES), rng.choice(users), clock)
+                event_type = "organization.created"
+            else:
+                org = dict(orgs[rng.choice(list(orgs))], updated_at=clock)
+                org["public_metadata"] = {"plan": rng.choice(["team", "business"]), "seats": 20}
+                event_type = "organization.updated"
+            orgs[org["id"]] = org
+            body = _envelope(event_type, org, clock, rng)
+        else:
+            if not members or rng.random() < 0.7:
+                member_id = f"orgmem_{prefix}{n:08d}x{rng.getrandbits(40):010x}"
+                org_id, user_id, role = rng.choice(list(orgs)), rng.choice(users), rng.choice(ROLES)
+                created_at, event_type = clock, "organizationMembership.created"
+            else:
+                member_id = rng.choice(list(members))
+                org_id, user_id, role, created_at = members[member_id]
+                role = "org:admin" if role == "org:member" else "org:member"
+                event_type = "organizationMembership.updated"
+            members[member_id] = (org_id, user_id, role, created_at)
+            data = membership(member_id, orgs[org_id], user_id, role, created_at, clock)
+            body = _envelope(event_type, data, clock, rng)
+        delivery = (message_id, body)
+        recent.append(delivery)
+        if len(recent) > 1000:
             recent.pop(0)
         yield delivery
 

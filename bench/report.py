@@ -59,6 +59,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"wrk -t{settings['threads']} -c{settings['connections']}, {settings['duration']} s "
         f"after {settings['warmup']} s warm-up, ~{settings['body_bytes']:,} B signed bodies; "
         f"{results['machine']['cpus']} CPUs, server, PostgreSQL and wrk on one machine.",
+        f"Stream: {settings['mix']}.",
         "",
         "| server | deliveries/s | p50 ms | p99 ms | non-2xx | server CPU s / 1k | "
         "PostgreSQL CPU s / 1k | clerk-sync / this |",
@@ -87,6 +88,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"{r['deliveries_per_s']:,.0f} ({r['p99_ms']:.1f})" for r in row.get("rounds", [row])
         )
         lines.append(f"- {LABELS.get(name, name)}: {every}")
+    stored = [
+        f"- {LABELS.get(name, name)}: {row['users_stored']:,} users, "
+        f"{row['organizations_stored']:,} organizations, {row['memberships_stored']:,} memberships"
+        for name, row in throughput.items()
+        if "organizations_stored" in row
+    ]
+    if stored:
+        lines += ["", "Rows stored at the end of the median round:", *stored]
     for name, r in results.get("ratios", {}).items():
         lines.append("")
         lines.append(

@@ -32,6 +32,19 @@ minutes on 2 cores.
     .venv/bin/python -m bench.run --burst                      # also the 100,000-delivery burst
     .venv/bin/python -m bench.run --no-throughput --no-cold-start --burst   # the burst alone
     .venv/bin/python -m bench.run --targets clerk-sync,starlette --duration 30
+    .venv/bin/python -m bench.run --mix --no-cold-start     # users, sign-ins, organizations
+
+`--mix [U/S/O/M]` measures throughput on a B2B app's stream instead, by percent (default
+60/15/10/15): user events (the stream above), session.created of known users, organization
+events (new organizations and updates) and membership events (a known user joining a known
+organization, role changes), each membership carrying its organization in full, ~5% retries
+(bench/deliveries.py, `with_organizations`). The references handle each the naive way, one
+statement per delivery into tables of their own (an upsert for an organization or membership,
+an update of last_sign_in_at for a sign-in); clerk-sync applies them with every guarantee of
+the contract's v2 section (ordering, tombstones, one live membership per pair, the embedded
+organization). Same servers, same rounds, same table and ratios as above, plus the
+organizations and memberships each stored; written to bench/results/mix.json and mix.png
+instead of latest.*.
 
 The burst sends 100,000 distinct user.created deliveries to clerk-sync as fast as wrk can,
 each once, and reports the time to drain them and the server's resident memory (peak, sampled
@@ -57,6 +70,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -87,6 +101,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="wrk -t")
     parser.add_argument("--deliveries", type=int, default=100_000,
                         help="distinct deliveries in the stream (wrk repeats them past the end)")  # fmt: skip
+    parser.add_argument("--mix", nargs="?", const="/".join(map(str, deliveries.MIX)),
+                        default=None, metavar="U/S/O/M",
+                        help="throughput on a stream of user, session.created, organization "
+                             "and membership events, by percent (bare --mix: "
+                             f"{'/'.join(map(str, deliveries.MIX))})")  # fmt: skip
     parser.add_argument("--throughput", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--cold-start", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--cold-start-runs", type=int, default=5)
@@ -101,7 +120,35 @@ def parse_args() -> argparse.Namespace:
     unknown = set(args.targets.split(",")) - set(servers.TARGETS)
     if unknown:
         parser.error(f"unknown targets {sorted(unknown)}; choose from {list(servers.TARGETS)}")
+    if args.mix is not None:
+        try:
+            shares = tuple(int(share) for share in args.mix.split("/"))
+        except ValueError:
+            shares = ()
+        if len(shares) != 4 or min(shares) < 0 or sum(shares) != 100:
+            parser.error(f"--mix {args.mix}: four percentages that add up to 100, e.g. 60/15/10/15")
+        args.mix = shares
     return args
+
+
+def deliveries_of(
+    args: argparse.Namespace, count: int, prefix: str, seed: int
+) -> Iterator[deliveries.Delivery]:
+    """The run's deliveries: the users' stream, or with --mix the mixed one."""
+    if args.mix:
+        return deliveries.with_organizations(count, args.mix, prefix, seed)
+    return deliveries.mixed(count, prefix, seed)
+
+
+def describe_mix(args: argparse.Namespace) -> str:
+    if not args.mix:
+        return "~55% new users, ~35% updates, ~5% duplicates, ~5% stale updates"
+    users, sessions, orgs, members = args.mix
+    return (
+        f"{users}% user events (~55% new, ~35% updates, ~5% duplicates, ~5% stale), "
+        f"{sessions}% session.created, {orgs}% organization events (~30% new), "
+        f"{members}% membership events (~70% new); ~5% retries of the non-user ones"
+    )
 
 
 def log(message: str) -> None:
@@ -187,7 +234,15 @@ def measure_throughput(
         "socket_errors": result.socket_errors,
         "server_cpu_s_per_1k": round((cpu_after - cpu_before) * per_1k, 4),
         "db_cpu_s_per_1k": round(db_cpu * per_1k, 4) if db_cpu is not None else None,
-        "users_stored": servers.users_stored(dsn) if dsn else None,
+        "users_stored": servers.rows_stored(dsn, "users") if dsn else None,
+        **(
+            {
+                "organizations_stored": servers.rows_stored(dsn, "organizations"),
+                "memberships_stored": servers.rows_stored(dsn, "organization_memberships"),
+            }
+            if dsn and args.mix
+            else {}
+        ),
         "stream_repeated": result.requests > count,
         "load_average_1m_before": round(load_average, 2),
     }
@@ -206,8 +261,10 @@ def throughput(
 ) -> tuple[dict[str, dict[str, Any]], int]:
     stream, warmup_stream = scratch / "stream.tsv", scratch / "warmup.tsv"
     log(f"generating {args.deliveries:,} deliveries (and 10,000 for the warm-up)")
-    body_bytes = deliveries.write_unsigned(stream, deliveries.mixed(args.deliveries))
-    deliveries.write_unsigned(warmup_stream, deliveries.mixed(10_000, prefix="warm", seed=1))
+    body_bytes = deliveries.write_unsigned(
+        stream, deliveries_of(args, args.deliveries, "bench", 42)
+    )
+    deliveries.write_unsigned(warmup_stream, deliveries_of(args, 10_000, "warm", 1))
     names = args.targets.split(",")
     if "express" in names:
         servers.install_express()
@@ -417,7 +474,7 @@ def burst(
         "max_ms": result.wrk.max_ms,
         "non2xx": result.wrk.non2xx,
         "socket_errors": result.wrk.socket_errors,
-        "users_stored": servers.users_stored(dsn) if dsn else None,
+        "users_stored": servers.rows_stored(dsn, "users") if dsn else None,
         "server_cpu_s_per_1k": round(cpu * 1000 / count, 4),
         "rss_mb": {
             "idle_before": round(rss_idle / MB, 1),
@@ -473,7 +530,7 @@ def main() -> None:
                 "warmup": args.warmup,
                 "rounds": args.rounds,
                 "deliveries": args.deliveries,
-                "mix": "~55% new users, ~35% updates, ~5% duplicates, ~5% stale updates",
+                "mix": describe_mix(args),
             },
         }
         if args.throughput:
@@ -486,10 +543,11 @@ def main() -> None:
             results["cold_start"] = cold_start(args, scratch, databases, secret, key)
         if args.throughput:
             args.results.mkdir(parents=True, exist_ok=True)
-            report.write_json(args.results / "latest.json", results)
-            report.chart(args.results / "latest.png", results)
+            name = "mix" if args.mix else "latest"
+            report.write_json(args.results / f"{name}.json", results)
+            report.chart(args.results / f"{name}.png", results)
             print(report.markdown(results))
-            log(f"wrote {args.results / 'latest.json'} and {args.results / 'latest.png'}")
+            log(f"wrote {args.results / f'{name}.json'} and {args.results / f'{name}.png'}")
         elif args.cold_start:
             print(report.cold_start_markdown(results["cold_start"]))
         if args.burst:

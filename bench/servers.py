@@ -156,8 +156,10 @@ def cpu_seconds(pids: set[int]) -> dict[int, float]:
     return spent
 
 
-def users_stored(dsn: str) -> int:
-    return int(support.fetch(dsn, "select count(*) as n from users")[0]["n"])
+def rows_stored(dsn: str, table: str) -> int:
+    """Rows in `table` (users, organizations, organization_memberships: clerk-sync's in schema
+    public, a reference's its own of the same name)."""
+    return int(support.fetch(dsn, f"select count(*) as n from {table}")[0]["n"])
 
 
 def server_version(server_dsn: str) -> str:

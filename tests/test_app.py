@@ -159,3 +159,43 @@ def test_middleware_added_to_the_app_sees_the_webhook_too(
         )
         assert response.status_code == 400
     assert support.fetch(db, "select count(*) as n from public.users") == [{"n": 0}]
+
+
+def test_metrics_count_organization_and_membership_deliveries_by_type(
+    client: TestClient, secret: tuple[str, bytes]
+) -> None:
+    """Each organization and membership type is its own label (not "other"), with its outcome."""
+    from prometheus_client import REGISTRY
+
+    def count(event_type: str, outcome: str) -> float:
+        labels = {"type": event_type, "outcome": outcome}
+        return REGISTRY.get_sample_value("clerk_sync_deliveries_total", labels) or 0.0
+
+    t = 1_716_883_200_000
+    deliveries = [
+        (support.organization_event("organization.created", "org_m1", t), "applied"),
+        (support.organization_event("organization.updated", "org_m1", t), "stale"),
+        (
+            support.membership_event(
+                "organizationMembership.created", "orgmem_m1", "org_m1", "user_m1", t
+            ),
+            "applied",
+        ),
+        (
+            support.membership_event(
+                "organizationMembership.deleted", "orgmem_m1", "org_m1", "user_m1", t
+            ),
+            "applied",
+        ),
+        (support.organization_event("organization.deleted", "org_m1", 0), "applied"),
+    ]
+    before = {(e["type"], o): count(e["type"], o) for e, o in deliveries}
+    for event, outcome in deliveries:
+        body = support.dumps(event)
+        headers = support.signed_headers(secret[1], body)
+        response = client.post("/api/webhooks/clerk", content=body, headers=headers)
+        assert response.json() == {"outcome": outcome}, (event["type"], response.text)
+    for (event_type, outcome), was in before.items():
+        assert count(event_type, outcome) == was + 1, (event_type, outcome)
+    text = client.get("/metrics").text
+    assert 'clerk_sync_deliveries_total{outcome="applied",type="organization.deleted"}' in text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -187,6 +188,7 @@ UNENCODED_PASSWORD_DSN = "postgresql://u:Sup3r#Secr3t@127.0.0.1:5432/db"
         ("serve", "DATABASE_URL", UNENCODED_PASSWORD_DSN, ["DATABASE_URL"]),
         ("migrate", "DATABASE_URL", UNENCODED_PASSWORD_DSN, ["DATABASE_URL"]),
         ("users", "DATABASE_URL", UNENCODED_PASSWORD_DSN, ["DATABASE_URL"]),
+        ("organizations", "DATABASE_URL", UNENCODED_PASSWORD_DSN, ["DATABASE_URL"]),
     ],
 )
 def test_a_malformed_setting_stops_with_status_2(
@@ -291,6 +293,73 @@ def test_dotenv_then_environment_then_flags(tmp_path: Path, db: str) -> None:
     assert [r["id"] for r in rows] == ["user_env_a", "user_env_b", "user_env_c"]
     for server in (only_dotenv, env_wins, flag_wins):
         assert_secret_not_shown(server.output(), dotenv_secret, env_secret)
+
+
+# --- reading the synced tables ----------------------------------------------------------------
+
+T = 1_716_883_200_000
+
+
+def apply_events(db: str, *events: dict[str, Any]) -> list[str]:
+    """Write `events` through the write path, each its own delivery; their outcomes."""
+    rows = support.fetch(
+        db,
+        "select event_outcome from public.clerk_sync_apply_batch($1::text[], $2::jsonb[])",
+        [f"msg_{n}" for n in range(len(events))],
+        [json.dumps(event) for event in events],
+    )
+    return [row["event_outcome"] for row in rows]
+
+
+def test_organizations_lists_member_counts_and_an_organizations_live_members(
+    tmp_path: Path, db: str
+) -> None:
+    result = clerk_sync(tmp_path, "organizations", DATABASE_URL=db)
+    assert (result.returncode, result.stdout) == (0, "no organizations yet\n"), result
+    org, member = support.organization_event, support.membership_event
+    outcomes = apply_events(
+        db,
+        org("organization.created", "org_a", T, name="Acme", slug="acme"),
+        org("organization.created", "org_b", T + 10, name="Beta", slug="beta"),
+        org("organization.created", "org_c", T + 5, name="Gone", slug="gone"),
+        support.user_event("user.created", "user_1", T, email="ada@example.com", last_name="L"),
+        member("organizationMembership.created", "mem_a1", "org_a", "user_1", T, role="org:admin"),
+        member("organizationMembership.created", "mem_a2", "org_a", "user_2", T, created_at=T),
+        member("organizationMembership.created", "mem_a3", "org_a", "user_3", T),
+        member("organizationMembership.deleted", "mem_a3", "org_a", "user_3", T + 1),
+        member("organizationMembership.created", "mem_b1", "org_b", "user_1", T),
+        member("organizationMembership.created", "mem_c1", "org_c", "user_1", T),
+        org("organization.deleted", "org_c", 0),
+    )
+    assert set(outcomes) == {"applied"}, outcomes
+
+    result = clerk_sync(tmp_path, "organizations", DATABASE_URL=db)
+    assert result.returncode == 0, result
+    lines = result.stdout.splitlines()
+    assert [line.split("  ")[:4] for line in lines] == [
+        ["org_b", "Beta", "beta", "members 1"],
+        ["org_c", "Gone", "gone", "members 0"],
+        ["org_a", "Acme", "acme", "members 2"],
+    ]
+    assert "deleted 20" in lines[1] and "deleted" not in lines[0] + lines[2]
+    result = clerk_sync(tmp_path, "organizations", "--limit", "1", DATABASE_URL=db)
+    assert [line.split("  ")[0] for line in result.stdout.splitlines()] == ["org_b"]
+
+    # The live members, with their user's row when it has arrived; the ended one is not shown.
+    result = clerk_sync(tmp_path, "organizations", "--members", "org_a", DATABASE_URL=db)
+    assert result.returncode == 0, result
+    assert [line.split("  ")[:5] for line in result.stdout.splitlines()] == [
+        ["user_1", "ada@example.com", "Ada L", "org:admin", "mem_a1"],
+        ["user_2", "-", "-", "org:member", "mem_a2"],
+    ]
+    result = clerk_sync(tmp_path, "organizations", "--members", "org_c", DATABASE_URL=db)
+    assert result.returncode == 0, result
+    deleted, empty = result.stdout.splitlines()
+    assert deleted.startswith("org_c was deleted 20") and empty == "org_c has no live members"
+
+    result = clerk_sync(tmp_path, "organizations", "--members", "org_nope", DATABASE_URL=db)
+    assert result.returncode == 1
+    assert "org_nope" in assert_one_clear_line(result, ("org_nope",))
 
 
 # --- schema and migrate -----------------------------------------------------------------------

@@ -18,11 +18,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import asyncpg
 import pytest
 
 from clerk_sync import doctor, migrations
 from clerk_sync.doctor import Finding, Sources, Status
 from tests import support
+from tests.postgrest_standin import create_supabase_database
 
 CONFIG_PREFIXES = ("CLERK_", "DATABASE_URL", "SUPABASE_")
 
@@ -291,101 +293,147 @@ def test_port_6543_says_prepared_statements_are_off(database_url: str) -> None:
     assert any("transaction pooler: prepared statements are off" in f.message for f in found)
 
 
-SUPABASE_ROLES_PRESENT = """
-select count(*) = 3 from pg_roles where rolname in ('anon', 'authenticated', 'service_role')
-"""
-
-
-# auth.jwt() as Supabase defines it (per database; the roles are the cluster's).
-AUTH_JWT_SQL = """
-create schema if not exists auth;
-create or replace function auth.jwt() returns jsonb language sql stable as $$
-    select coalesce(nullif(current_setting('request.jwt.claim', true), ''),
-                    nullif(current_setting('request.jwt.claims', true), ''))::jsonb
-$$;
-"""
-
-
-def test_supabase_rls_and_grants(pg_server: str) -> None:
-    if not support.fetch(pg_server, SUPABASE_ROLES_PRESENT)[0]["?column?"]:
-        pytest.skip(
-            "the test cluster has no anon/authenticated/service_role roles (the Supabase lockdown "
-            "tests create them): RLS and grant report not checked"
-        )
-    dsn = support.create_database(pg_server)
+@pytest.fixture
+def supabase_db(pg_server: str) -> Iterator[str]:
+    """A database with Supabase's roles and auth.jwt(), migrated: locked down as on Supabase."""
+    dsn = create_supabase_database(pg_server)
     try:
-        # The lockdown as the migration leaves it, whether or not this clerk-sync's migrations
-        # do it (so the test also holds while the migration is being written).
-        support.execute(
-            dsn,
-            AUTH_JWT_SQL
-            + """
-            alter table public.users enable row level security;
-            revoke execute on all functions in schema public from public, anon, authenticated;
-            revoke all on schema clerk_sync from public, anon, authenticated;
-            """,
-        )
-        found = check_database(dsn)
-        assert doctor.passed(found), found
-        assert statuses(only(found, "RLS")) == [Status.OK]
-        assert statuses(only(found, "grants")) == [Status.OK, Status.OK]
-
-        support.execute(
-            dsn,
-            """
-            alter table public.users disable row level security;
-            grant execute on function public.clerk_sync_apply(text, jsonb, text) to anon;
-            grant usage on schema clerk_sync to authenticated;
-            """,
-        )
-        found = check_database(dsn)
-        [rls] = only(found, "RLS")
-        assert rls.status is Status.FAIL and "row-level security is off" in rls.message
-        functions, schema = only(found, "grants")
-        assert functions.status is Status.FAIL
-        assert "EXECUTE granted on public.clerk_sync_apply to anon" in functions.message
-        assert schema.status is Status.FAIL and "authenticated may use schema clerk_sync" in (
-            schema.message
-        )
-
-        support.execute(
-            dsn,
-            """
-            alter table public.users enable row level security;
-            create policy anyone_writes on public.users for insert to anon with check (true);
-            """,
-        )
-        [rls] = only(check_database(dsn), "RLS")
-        assert rls.status is Status.FAIL and "anyone_writes" in rls.message
+        yield dsn
     finally:
         support.drop_database(pg_server, dsn)
 
 
-def test_a_migrated_supabase_database_is_locked_down(pg_server: str) -> None:
-    if not support.fetch(pg_server, SUPABASE_ROLES_PRESENT)[0]["?column?"]:
-        pytest.skip("the test cluster has no Supabase roles: the migration's lockdown not checked")
-    if not any(m.name == "supabase" for m in migrations.migrations()):
-        pytest.skip("no Supabase lockdown migration in this version yet")
-    dsn = support.create_database(pg_server, migrate=False)
-    try:
-        # The migration locks down only where auth.jwt() exists, as on Supabase.
-        support.execute(dsn, AUTH_JWT_SQL)
-        support.run(_migrate(dsn))
-        found = check_database(dsn)
-    finally:
-        support.drop_database(pg_server, dsn)
+def messages(found: list[Finding], topic: str) -> list[str]:
+    return [f.message for f in only(found, topic) if f.status is Status.FAIL]
+
+
+def test_a_migrated_supabase_database_is_locked_down(supabase_db: str) -> None:
+    found = check_database(supabase_db)
     assert doctor.passed(found), found
-    assert statuses(only(found, "RLS") + only(found, "grants")) == [Status.OK] * 3
+    assert [f.message.split(";")[0] for f in only(found, "RLS")] == [
+        f"enabled on {table.name}" for table in doctor.SYNCED_TABLES
+    ]
+    assert statuses(only(found, "RLS") + only(found, "helpers") + only(found, "grants")) == [
+        Status.OK
+    ] * (len(doctor.SYNCED_TABLES) + 3)
 
 
-async def _migrate(dsn: str) -> None:
-    import asyncpg
+def test_functions_and_schema_clerk_sync_out_of_the_clients_reach(supabase_db: str) -> None:
+    support.execute(
+        supabase_db,
+        """
+        grant execute on function public.clerk_sync_apply(text, jsonb, text) to anon;
+        grant usage on schema clerk_sync to authenticated;
+        """,
+    )
+    functions, schema = messages(check_database(supabase_db), "grants")
+    assert "EXECUTE granted on public.clerk_sync_apply to anon" in functions
+    assert "authenticated may use schema clerk_sync" in schema
 
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrations.migrate(conn)
-    finally:
-        await conn.close()
+
+@pytest.mark.parametrize("table", doctor.SYNCED_TABLES, ids=lambda table: table.name)
+def test_each_synced_table_rls_policies_and_grants(
+    supabase_db: str, table: doctor.SyncedTable
+) -> None:
+    """Each way a synced table can come unlocked, one finding each naming what to run; and
+    `clerk-sync schema`, run again as a finding says, restores the lock-down."""
+    [policy] = table.policies
+    support.execute(
+        supabase_db,
+        f"""
+        alter table {table.name} disable row level security;
+        create policy anyone_writes on {table.name} for insert to anon with check (true);
+        drop policy "{policy}" on {table.name};
+        grant insert, truncate on table {table.name} to authenticated;
+        """,
+    )
+    found = check_database(supabase_db)
+    problems = messages(found, "RLS")
+    assert len(problems) == 4, problems
+    off, writes, missing, granted = problems
+    assert f"row-level security is off on {table.name}" in off
+    assert f"run: alter table {table.name} enable row level security" in off
+    assert f"policies let anon or authenticated write {table.name}: anyone_writes" in writes
+    assert f"policy {policy!r} missing on {table.name}" in missing
+    assert "clerk-sync schema" in missing
+    assert f"authenticated insert, authenticated truncate granted on {table.name}" in granted
+    assert f"revoke all on table {table.name} from public, anon, authenticated" in granted
+    others = [f for f in only(found, "RLS") if table.name not in f.message]
+    assert statuses(others) == [Status.OK] * (len(doctor.SYNCED_TABLES) - 1)
+
+    support.execute(supabase_db, f"revoke select on table {table.name} from authenticated")
+    [lacking] = [m for m in messages(check_database(supabase_db), "RLS") if "may not" in m]
+    assert f"run: grant select on table {table.name} to authenticated" in lacking
+
+    support.execute(supabase_db, f"drop policy anyone_writes on {table.name}")
+    support.execute(supabase_db, migrations.render_schema())
+    assert doctor.passed(check_database(supabase_db))
+
+
+def test_a_table_clients_may_not_read_is_one_entry(supabase_db: str) -> None:
+    """A synced table no client role reads at all (as organization invitations): RLS on, no
+    grant to anon or authenticated, the service role writes."""
+    hidden = doctor.SyncedTable("public.hidden_rows", readable=False)
+    support.execute(
+        supabase_db,
+        """
+        create table public.hidden_rows (id text primary key);
+        alter table public.hidden_rows enable row level security;
+        revoke all on table public.hidden_rows from public, anon, authenticated;
+        grant select, insert, update, delete on table public.hidden_rows to service_role;
+        """,
+    )
+
+    async def check() -> list[Finding]:
+        conn = await asyncpg.connect(supabase_db)
+        try:
+            return await doctor.check_synced_tables(conn, (hidden,))
+        finally:
+            await conn.close()
+
+    [finding] = support.run(check())
+    assert finding.status is Status.OK and "no client role reads it" in finding.message
+    support.execute(supabase_db, "grant select on table public.hidden_rows to authenticated")
+    [finding] = support.run(check())
+    assert finding.status is Status.FAIL
+    assert "authenticated select granted on public.hidden_rows" in finding.message
+    assert "no client role reads it" in finding.message
+    assert "revoke all on table public.hidden_rows" in finding.message
+    assert "grant select" not in finding.message
+
+
+def test_the_helpers_are_security_definer_pinned_and_for_authenticated_only(
+    supabase_db: str,
+) -> None:
+    support.execute(
+        supabase_db,
+        """
+        alter function public.clerk_sync_is_member(text) security invoker;
+        alter function public.clerk_sync_org_role(text) reset search_path;
+        revoke execute on function public.clerk_sync_active_org_id() from authenticated;
+        grant execute on function public.clerk_sync_org_role(text) to anon;
+        """,
+    )
+    found = check_database(supabase_db)
+    invoker, unpinned, anon, lacking = messages(found, "helpers")
+    assert "public.clerk_sync_is_member(text) is not SECURITY DEFINER" in invoker
+    assert "run: alter function public.clerk_sync_is_member(text) security definer" in invoker
+    assert "public.clerk_sync_org_role(text) has no pinned search_path" in unpinned
+    assert "alter function public.clerk_sync_org_role(text) set search_path = ''" in unpinned
+    assert "anon may execute public.clerk_sync_org_role(text)" in anon
+    assert "authenticated may not execute public.clerk_sync_active_org_id()" in lacking
+    assert "grant execute on function public.clerk_sync_active_org_id() to authenticated" in (
+        lacking
+    )
+    # The helpers are judged here, not again as clerk-sync functions exposed to anon.
+    assert statuses(only(found, "grants")) == [Status.OK, Status.OK]
+
+    support.execute(supabase_db, "drop function public.clerk_sync_org_role(text)")
+    missing = [m for m in messages(check_database(supabase_db), "helpers") if "exist" in m]
+    assert missing == [
+        "public.clerk_sync_org_role does not exist; run `clerk-sync schema` in the SQL editor "
+        "(idempotent) to restore the lock-down"
+    ]
 
 
 # --- the deployed endpoint ----------------------------------------------------------------------

@@ -886,3 +886,94 @@ def test_concurrent_writers_end_in_the_model_rows_of_their_commit_order(
         assert outcomes == [model.apply(ev) for ev in chunk], chunk
     assert observed(db) == expected(model)
     assert tombstoned(db)[0] == model.org_tombs
+
+
+# Every organization has every user as a member: deleting organizations and deleting users end
+# the same memberships, from both sides.
+GRID_ORGS = [f"org_g{i}" for i in range(4)]
+GRID_USERS = [f"user_g{i}" for i in range(4)]
+
+
+def _grid_membership(org_id: str, user_id: str) -> str:
+    return f"mem_{org_id.removeprefix('org_')}_{user_id.removeprefix('user_')}"
+
+
+async def _delete_from_both_sides(db: str, rounds: int, hard: bool) -> list[list[str]]:
+    """Per round: a fresh grid of memberships, then batches of organization.deleted (first to
+    last) and of user.deleted (last to first: the opposite order), all at once from one
+    connection each. Returns each batch's outcomes."""
+    mode = "hard" if hard else "soft"
+    conns = [await asyncpg.connect(db) for _ in range(4)]
+    apply_sql = (
+        "select event_outcome from public.clerk_sync_apply_batch($1::text[], $2::jsonb[], $3)"
+    )
+
+    async def apply(conn: asyncpg.Connection, batch: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        rows = await conn.fetch(
+            apply_sql, [s for s, _ in batch], [json.dumps(e) for _, e in batch], mode
+        )
+        return [r[0] for r in rows]
+
+    outcomes: list[list[str]] = []
+    try:
+        for r in range(rounds):
+            await conns[0].execute(support.CLEAN_SQL)
+            await apply(conns[0], [
+                (f"r{r}_{o}_{u}", mem_ev("organizationMembership.created",
+                                          _grid_membership(o, u), o, u, T))
+                for o in GRID_ORGS for u in GRID_USERS
+            ])  # fmt: skip
+            org_batches = [
+                [(f"r{r}_del_{o}", org_ev("organization.deleted", o, 0)) for o in GRID_ORGS[:2]],
+                [(f"r{r}_del_{o}", org_ev("organization.deleted", o, 0)) for o in GRID_ORGS[2:]],
+            ]
+            user_batches = [
+                [(f"r{r}_del_{u}", support.deleted_event(u)) for u in reversed(GRID_USERS[:2])],
+                [(f"r{r}_del_{u}", support.deleted_event(u)) for u in reversed(GRID_USERS[2:])],
+            ]
+            batches = [org_batches[0], user_batches[0], org_batches[1], user_batches[1]]
+            outcomes += await asyncio.gather(
+                *(apply(conn, batch) for conn, batch in zip(conns, batches, strict=True))
+            )
+    finally:
+        for conn in conns:
+            await conn.close()
+    return outcomes
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_organization_and_user_deletes_sharing_memberships_do_not_deadlock(
+    db: str, hard: bool
+) -> None:
+    """organization.deleted and user.deleted end the same memberships from both sides, from
+    several connections at once: neither waits for the other in a cycle (PostgreSQL would
+    abort one with a deadlock, and Svix would have to retry it), and the rows end as the model
+    says, whichever commits first."""
+    outcomes = asyncio.run(_delete_from_both_sides(db, rounds=60, hard=hard))
+    assert all(outcome == "applied" for batch in outcomes for outcome in batch), outcomes
+
+    model = Model(hard, {}, {}, set(), set(), set(), set())
+    grid = {_grid_membership(o, u): (o, u) for o in GRID_ORGS for u in GRID_USERS}
+    model.members = {mid: (T, "org:member", False) for mid in grid}
+    model.orgs = {o: (T, "", False) for o in GRID_ORGS}
+    for user_id in GRID_USERS:
+        model.user_tombs.add(user_id)
+        for mid in [m for m, (_, u) in grid.items() if u == user_id]:
+            model.end(mid)
+    for org_id in GRID_ORGS:
+        model.org_tombs.add(org_id)
+        for mid in [m for m, (o, _) in grid.items() if o == org_id]:
+            model.end(mid)
+        if hard:
+            model.orgs.pop(org_id, None)
+        else:
+            model.orgs[org_id] = (*model.orgs[org_id][:2], True)
+    want_members = {k: (ms(v), r, e) for k, (v, r, e) in model.members.items()}
+    got_orgs, got_members = observed(db)
+    assert got_members == want_members
+    assert {k: d for k, (_, _, d) in got_orgs.items()} == {
+        k: d for k, (_, _, d) in model.orgs.items()
+    }
+    assert tombstoned(db)[0] == set(GRID_ORGS)
+    users = support.fetch(db, "select user_id from clerk_sync.tombstones order by 1")
+    assert [r["user_id"] for r in users] == GRID_USERS

@@ -496,3 +496,86 @@ def test_a_dead_lettered_invitation_replays_once_its_cause_is_fixed(db: str) -> 
     rows = support.fetch(db, "select id, status from public.organization_invitations")
     assert rows == [{"id": "orginv_dl", "status": "pending"}]
     assert replay_ids(db, ["msg_inv_dl"])[0].new_outcome == "stale"
+
+
+# --- organization and membership deliveries ----------------------------------------------------
+
+T = 1_716_883_200_000
+
+
+def org_deliveries(client: TestClient, key: bytes) -> None:
+    """An organization, a membership of user_o1 in it, and one of user_o2, ended."""
+    member = support.membership_event
+    for svix_id, event in [
+        ("msg_o1", support.organization_event("organization.created", "org_o", T)),
+        ("msg_o2", member("organizationMembership.created", "mem_o1", "org_o", "user_o1", T)),
+        ("msg_o3", member("organizationMembership.created", "mem_o2", "org_o", "user_o2", T)),
+        ("msg_o4", member("organizationMembership.deleted", "mem_o2", "org_o", "user_o2", T + 1)),
+    ]:
+        response = deliver(client, key, support.dumps(event), svix_id)
+        assert response.json() == {"outcome": "applied"}, response.text
+
+
+def test_events_lists_organization_deliveries_by_type_and_a_membership_by_its_user(
+    client: TestClient, secret: tuple[str, bytes], db: str, tmp_path: Path
+) -> None:
+    """A membership delivery's user is the member's (public_user_data.user_id); an
+    organization's own deliveries have none."""
+    org_deliveries(client, secret[1])
+
+    def listed(*args: str) -> list[tuple[str, str | None]]:
+        result = run_cli(tmp_path, "events", "--json", *args, DATABASE_URL=db)
+        assert result.returncode == 0, result
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        return [(line["svix_id"], line["user_id"]) for line in lines]
+
+    assert listed("--type", "organization.created") == [("msg_o1", None)]
+    assert listed("--type", "organizationMembership.created") == [
+        ("msg_o3", "user_o2"),
+        ("msg_o2", "user_o1"),
+    ]
+    assert listed("--user-id", "user_o2") == [("msg_o4", "user_o2"), ("msg_o3", "user_o2")]
+    result = run_cli(tmp_path, "events", "--json", DATABASE_URL=db)
+    assert "private_metadata" not in result.stdout and "never in public" not in result.stdout
+
+
+def test_organization_deliveries_replay_through_the_write_path(
+    client: TestClient, secret: tuple[str, bytes], db: str
+) -> None:
+    org_deliveries(client, secret[1])
+    members_sql = (
+        "select id, deleted_at is null as live from public.organization_memberships order by id"
+    )
+    before = support.fetch(db, members_sql)
+
+    # Applied already: every replay is stale, and an ended membership stays ended.
+    results = replay_ids(db, ["msg_o1", "msg_o2", "msg_o3", "msg_o4"])
+    assert [(r.type, r.user_id, r.new_outcome) for r in results] == [
+        ("organization.created", None, "stale"),
+        ("organizationMembership.created", "user_o1", "stale"),
+        ("organizationMembership.created", "user_o2", "stale"),
+        ("organizationMembership.deleted", "user_o2", "stale"),
+    ]
+    assert support.fetch(db, members_sql) == before
+
+    # Its rows gone (an operator's mistake): the replay writes them again.
+    support.execute(db, "delete from public.organization_memberships where id = 'mem_o1'")
+    support.execute(db, "delete from public.organizations where id = 'org_o'")
+    (org,) = replay_ids(db, ["msg_o1"])
+    (membership,) = replay_ids(db, ["msg_o2"])
+    assert (org.new_outcome, membership.new_outcome) == ("applied", "applied")
+    assert support.fetch(db, members_sql) == before
+
+    # A dead letter of an organization event replays to applied once it is one, and an
+    # organization deleted since makes a membership's replay stale.
+    broken = support.organization_event("organization.updated", "org_o", T + 5)
+    add_dead_letter(db, "msg_o5", support.dumps(broken))
+    assert replay_ids(db, ["msg_o5"])[0].new_outcome == "applied"
+    gone = support.organization_event("organization.deleted", "org_o", 0)
+    assert deliver(client, secret[1], support.dumps(gone), "msg_o6").json() == {
+        "outcome": "applied"
+    }
+    support.execute(db, "delete from public.organization_memberships where id = 'mem_o1'")
+    (membership,) = replay_ids(db, ["msg_o2"])
+    assert membership.new_outcome == "stale"
+    assert support.fetch(db, "select id from public.organization_memberships") == [{"id": "mem_o2"}]

@@ -322,3 +322,48 @@ def test_payload_retention_days_setting(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("CLERK_SYNC_PAYLOAD_RETENTION_DAYS", "-1")
     with pytest.raises(ConfigError, match=r"^CLERK_SYNC_PAYLOAD_RETENTION_DAYS: "):
         load_settings()
+
+
+def test_organization_deliveries_age_out_like_the_rest(db: str) -> None:
+    """Organization and membership deliveries keep their payloads (replay needs them) for the
+    payload days, their rows for the retention days; the organization rows themselves stay."""
+    t = 1_716_883_200_000
+    events = {
+        "org_old": support.organization_event("organization.created", "org_r", t),
+        "mem_mid": support.membership_event(
+            "organizationMembership.created", "orgmem_r", "org_r", "user_r", t
+        ),
+        "org_new": support.organization_event("organization.updated", "org_r", t + 1),
+    }
+    support.fetch(
+        db,
+        "select * from public.clerk_sync_apply_batch($1::text[], $2::jsonb[])",
+        list(events),
+        [support.dumps(event).decode() for event in events.values()],
+    )
+    for svix_id, age in [("org_old", "31 days"), ("mem_mid", "4 days"), ("org_new", "1 hour")]:
+        support.fetch(
+            db,
+            "update clerk_sync.inbox set received_at = now() - $2::text::interval"
+            " where svix_id = $1",
+            svix_id,
+            age,
+        )
+    assert with_payload(db) == set(events)
+
+    async def go() -> tuple[int, int]:
+        conn = await asyncpg.connect(db)
+        try:
+            return await retention.retention_pass(conn, 30, 3)
+        finally:
+            await conn.close()
+
+    assert support.run(go()) == (1, 1)
+    assert remaining(db) == {"mem_mid", "org_new"}
+    assert with_payload(db) == {"org_new"}
+    kept = support.fetch(db, "select event_type, user_id from clerk_sync.inbox order by 1")
+    assert kept == [
+        {"event_type": "organization.updated", "user_id": None},
+        {"event_type": "organizationMembership.created", "user_id": "user_r"},
+    ]
+    assert [r["id"] for r in support.fetch(db, "select id from public.organizations")] == ["org_r"]

@@ -469,6 +469,78 @@ def test_supabases_default_grants_are_taken_back_from_the_invitations(pg_server:
         support.drop_database(pg_server, dsn)
 
 
+# --- docs/supabase.md §5: an app's own organization-scoped table -------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "supabase.md"
+
+
+def docs_example_sql() -> str:
+    """The SQL block of docs/supabase.md's organizations section, as a reader copies it."""
+    section = DOCS.read_text().split("\n## 5.", 1)[1].split("\n## ", 1)[0]
+    return section.split("```sql\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_docs_example_policies_do_what_the_docs_say(pg_server: str) -> None:
+    """Members read their organizations' rows whichever organization is active; admins write in
+    the active one only; a removed member loses both at once, while their session token (which
+    still names the organization, for up to a minute) has not changed."""
+    dsn = create_supabase_database(pg_server)
+    try:
+        member = support.membership_event
+        for n, event in enumerate([
+            member("organizationMembership.created", "mem_a1", "org_1", USER_A, T, role="org:admin"),
+            member("organizationMembership.created", "mem_a2", "org_2", USER_A, T),
+            member("organizationMembership.created", "mem_b2", "org_2", USER_B, T, role="org:admin"),
+        ]):  # fmt: skip
+            as_role(dsn, "service_role", "select public.clerk_sync_apply($1, $2::jsonb)",
+                    f"msg_docs_{n}", json.dumps(event))  # fmt: skip
+        # The app's migration, and the grants Supabase gives a new table in public by default.
+        support.execute(
+            dsn,
+            docs_example_sql()
+            + """
+            grant select, insert, update, delete on public.projects to authenticated;
+            insert into public.projects (organization_id, name)
+            values ('org_1', 'one'), ('org_2', 'two'), ('org_3', 'three');
+            """,
+        )
+        active_1 = {**SIGNED_IN_AS_A, "v": 2, "o": {"id": "org_1", "rol": "admin"}}
+        active_2 = {**SIGNED_IN_AS_A, "v": 2, "o": {"id": "org_2", "rol": "member"}}
+        b_active_2 = {**SIGNED_IN_AS_B, "v": 2, "o": {"id": "org_2", "rol": "admin"}}
+        names = "select name from public.projects order by name"
+        insert = "insert into public.projects (organization_id, name) values ($1, 'new')"
+
+        def read(claims: dict[str, Any]) -> list[str]:
+            return [r["name"] for r in as_role(dsn, "authenticated", names, claims=claims)]
+
+        def write(claims: dict[str, Any], org_id: str) -> None:
+            as_role(dsn, "authenticated", insert, org_id, claims=claims)
+
+        # Every organization the user belongs to, whichever is active.
+        assert read(active_1) == read(active_2) == ["one", "two"]
+        assert read(b_active_2) == ["two"]
+        assert read(STRANGER) == []
+        # Writes: an admin, in the active organization only.
+        write(active_1, "org_1")
+        write(b_active_2, "org_2")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            write(active_1, "org_2")  # a member there, but not the active organization
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            write(active_2, "org_2")  # active, but not an admin there
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            write({**active_1, "o": {"id": "org_3", "rol": "admin"}}, "org_3")  # not a member
+
+        # Removed from org_1: the same token (o.id still org_1) reads and writes nothing there.
+        removed = member("organizationMembership.deleted", "mem_a1", "org_1", USER_A, T + 1)
+        as_role(dsn, "service_role", "select public.clerk_sync_apply($1, $2::jsonb)",
+                "msg_docs_removed", json.dumps(removed))  # fmt: skip
+        assert read(active_1) == ["new", "two"]  # org_2's: b's new one and "two"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            write(active_1, "org_1")
+    finally:
+        support.drop_database(pg_server, dsn)
+
+
 # --- plain PostgreSQL ---------------------------------------------------------------------------
 
 

@@ -335,6 +335,84 @@ def users(
         )
 
 
+RECENT_ORGANIZATIONS_SQL = """
+select o.id, o.name, o.slug, o.updated_at, o.deleted_at,
+       (select count(*) from public.organization_memberships as m
+        where m.organization_id = o.id and m.deleted_at is null) as members
+from public.organizations as o order by o.updated_at desc nulls last, o.id limit $1
+"""
+
+LIVE_MEMBERS_SQL = """
+select o.deleted_at as organization_deleted_at, m.id, m.user_id, m.role, m.created_at,
+       u.email, u.first_name, u.last_name
+from public.organizations as o
+left join public.organization_memberships as m
+       on m.organization_id = o.id and m.deleted_at is null
+left join public.users as u on u.id = m.user_id
+where o.id = $1
+order by m.created_at nulls last, m.id
+"""
+
+
+@cli.command()
+def organizations(
+    limit: Annotated[int, typer.Option(help="How many rows to show")] = 20,
+    members: Annotated[
+        str | None,
+        typer.Option("--members", help="Show this organization's live members instead (org_…)"),
+    ] = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Show the most recently updated organizations with their live member counts, or one
+    organization's live members (--members org_…)."""
+    settings = load_settings(database_url=database_url, data_dir=data_dir)
+
+    async def read(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        if members is not None:
+            return list(await conn.fetch(LIVE_MEMBERS_SQL, members))
+        return list(await conn.fetch(RECENT_ORGANIZATIONS_SQL, limit))
+
+    with direct_database(settings) as dsn:
+        rows = on_database(
+            settings,
+            dsn,
+            read,
+            "read organizations",
+            schema_version=migrations.ORGANIZATIONS_VERSION,
+        )
+    if members is not None:
+        _echo_members(members, rows)
+        return
+    if not rows:
+        typer.echo("no organizations yet")
+    for row in rows:
+        state = f"deleted {row['deleted_at']:%Y-%m-%d %H:%M:%S}" if row["deleted_at"] else ""
+        typer.echo(
+            f"{row['id']}  {row['name'] or '-'}  {row['slug'] or '-'}  members {row['members']}"
+            f"  updated {row['updated_at'] or '-'}  {state}".rstrip()
+        )
+
+
+def _echo_members(org_id: str, rows: list[asyncpg.Record]) -> None:
+    if not rows:
+        raise ClerkSyncError(
+            f"no organization {org_id} in public.organizations (`clerk-sync organizations` "
+            "lists them)"
+        )
+    if rows[0]["organization_deleted_at"] is not None:
+        typer.echo(f"{org_id} was deleted {rows[0]['organization_deleted_at']:%Y-%m-%d %H:%M:%S}")
+    live = [row for row in rows if row["id"] is not None]
+    if not live:
+        typer.echo(f"{org_id} has no live members")
+    for row in live:
+        name = " ".join(part for part in (row["first_name"], row["last_name"]) if part)
+        typer.echo(
+            f"{row['user_id']}  {row['email'] or '-'}  {name or '-'}  {row['role'] or '-'}"
+            f"  {row['id']}  since {row['created_at'] or '-'}"
+        )
+
+
 @cli.command("send-test")
 def send_test(
     event_type: Annotated[

@@ -366,36 +366,19 @@ select (select count(*) from pg_catalog.pg_roles where rolname = any($1::text[])
    and pg_catalog.to_regprocedure('auth.jwt()') is not null
 """
 
-RLS_SQL = """
-select c.relrowsecurity from pg_catalog.pg_class c
-where c.oid = pg_catalog.to_regclass('public.users')
-"""
-
-# Policies on public.users that let anyone but the service role write (polroles 0 = PUBLIC).
-WRITE_POLICIES_SQL = """
-select p.polname from pg_catalog.pg_policy p
-where p.polrelid = pg_catalog.to_regclass('public.users')
-  and p.polcmd <> 'r'
-  and (0 = any(p.polroles) or exists (
-        select 1 from pg_catalog.pg_roles r
-        where r.oid = any(p.polroles) and r.rolname in ('anon', 'authenticated')))
-order by 1
-"""
-
 # Who may execute clerk-sync's functions in schema public. A function without an ACL is
 # executable by PUBLIC (PostgreSQL's default). The organization helpers for the app's policies
-# are meant for authenticated (sql/repeatable/90_supabase.sql).
+# ($1: HELPERS) are meant for authenticated: check_helpers judges them.
 FUNCTION_GRANTS_SQL = """
 select 'public.' || p.proname as function,
        pg_catalog.has_function_privilege('anon', p.oid, 'EXECUTE') as anon,
-       p.proname not in ('clerk_sync_is_member', 'clerk_sync_org_role', 'clerk_sync_active_org_id')
-           and pg_catalog.has_function_privilege('authenticated', p.oid, 'EXECUTE')
-           as authenticated,
+       pg_catalog.has_function_privilege('authenticated', p.oid, 'EXECUTE') as authenticated,
        (p.proacl is null or exists (
            select 1 from pg_catalog.aclexplode(p.proacl) a
            where a.grantee = 0 and a.privilege_type = 'EXECUTE')) as public
 from pg_catalog.pg_proc p
 where p.pronamespace = 'public'::regnamespace and p.proname like 'clerk\\_sync\\_%'
+  and p.proname <> all($1::text[])
 order by 1
 """
 
@@ -486,29 +469,9 @@ async def _check_schema(conn: asyncpg.Connection) -> list[Finding]:
 
 async def _check_lockdown(conn: asyncpg.Connection) -> list[Finding]:
     """The Supabase lockdown: what the anon key (public) and signed-in users may not do."""
-    found: list[Finding] = []
-    if await conn.fetchval(RLS_SQL):
-        policies = [r["polname"] for r in await conn.fetch(WRITE_POLICIES_SQL)]
-        if policies:
-            found.append(
-                fail(
-                    "RLS",
-                    f"policies let anon or authenticated write public.users: {', '.join(policies)}",
-                )
-            )
-        else:
-            found.append(ok("RLS", "enabled on public.users; only the service role writes"))
-    else:
-        found.append(
-            fail(
-                "RLS",
-                "row-level security is off on public.users: anyone with the anon key can read "
-                "and change every user; run: alter table public.users enable row level security",
-            )
-        )
-
+    found = await check_synced_tables(conn) + await check_helpers(conn)
     exposed = []
-    for row in await conn.fetch(FUNCTION_GRANTS_SQL):
+    for row in await conn.fetch(FUNCTION_GRANTS_SQL, list(HELPERS)):
         who = [role for role in ("anon", "authenticated", "public") if row[role]]
         if who:
             exposed.append(f"{row['function']} to {'/'.join(who)}")
@@ -537,6 +500,180 @@ async def _check_lockdown(conn: asyncpg.Connection) -> list[Finding]:
     else:
         found.append(ok("grants", "schema clerk_sync is out of reach of anon and authenticated"))
     return found
+
+
+# --- the synced tables and the app's helpers on Supabase -----------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncedTable:
+    """A table clerk-sync writes in schema public, as sql/repeatable/90_supabase.sql locks it
+    down: row-level security on, the service role its only writer, and `authenticated` reading
+    what `policies` (select policies for authenticated, by name) let it, when `readable`."""
+
+    name: str
+    policies: tuple[str, ...] = ()
+    readable: bool = True
+
+
+SYNCED_TABLES = (
+    SyncedTable("public.users", ("clerk-sync: users read their own row",)),
+    SyncedTable("public.organizations", ("clerk-sync: members read their organizations",)),
+    SyncedTable(
+        "public.organization_memberships",
+        ("clerk-sync: members read their organizations' members",),
+    ),
+)
+
+# What each table is to the client roles: row-level security, the names of the select policies
+# for authenticated, the policies that let anon or authenticated (or PUBLIC, polroles 0) write,
+# and each privilege anon or authenticated holds on it (PUBLIC's grants included).
+SYNCED_TABLES_SQL = """
+select t.name, c.oid is not null as present, c.relrowsecurity as rls,
+       array(select p.polname::text from pg_catalog.pg_policy p
+             where p.polrelid = c.oid and p.polcmd in ('r', '*')
+               and (0 = any(p.polroles) or exists (
+                     select 1 from pg_catalog.pg_roles r
+                     where r.oid = any(p.polroles) and r.rolname = 'authenticated'))
+             order by 1) as read_policies,
+       array(select p.polname::text from pg_catalog.pg_policy p
+             where p.polrelid = c.oid and p.polcmd <> 'r'
+               and (0 = any(p.polroles) or exists (
+                     select 1 from pg_catalog.pg_roles r
+                     where r.oid = any(p.polroles) and r.rolname in ('anon', 'authenticated')))
+             order by 1) as write_policies,
+       array(select r.role || ' ' || pg_catalog.lower(v.privilege)
+             from unnest(array['anon', 'authenticated']) as r(role)
+             cross join unnest(array['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE',
+                                     'REFERENCES', 'TRIGGER']) as v(privilege)
+             where c.oid is not null
+               and pg_catalog.has_table_privilege(r.role, c.oid, v.privilege)) as privileges
+from unnest($1::text[]) with ordinality as t(name, n)
+left join pg_catalog.pg_class c on c.oid = pg_catalog.to_regclass(t.name)
+order by t.n
+"""
+
+# The app's helpers for its own policies (the contract's v2 section): SECURITY DEFINER with a
+# pinned search_path, executable by authenticated and not by anon.
+HELPERS = ("clerk_sync_is_member", "clerk_sync_org_role", "clerk_sync_active_org_id")
+HELPERS_SQL = """
+select h.name,
+       'public.' || h.name || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')'
+           as signature, p.prosecdef as security_definer,
+       exists (select 1 from unnest(p.proconfig) as c(setting)
+               where c.setting like 'search_path=%') as pinned_search_path,
+       pg_catalog.has_function_privilege('authenticated', p.oid, 'EXECUTE') as authenticated,
+       pg_catalog.has_function_privilege('anon', p.oid, 'EXECUTE') as anon
+from unnest($1::text[]) with ordinality as h(name, n)
+left join pg_catalog.pg_proc p
+       on p.proname = h.name and p.pronamespace = 'public'::regnamespace
+order by h.n
+"""
+
+# Re-applying the whole lock-down: the schema SQL is idempotent.
+REAPPLY = "run `clerk-sync schema` in the SQL editor (idempotent) to restore the lock-down"
+
+
+async def check_synced_tables(
+    conn: asyncpg.Connection, tables: tuple[SyncedTable, ...] = SYNCED_TABLES
+) -> list[Finding]:
+    """One finding per table that is locked down as it should be, one per problem otherwise."""
+    rows = await conn.fetch(SYNCED_TABLES_SQL, [t.name for t in tables])
+    found: list[Finding] = []
+    for table, row in zip(tables, rows, strict=True):
+        problems = _table_problems(table, row)
+        if problems:
+            found += [fail("RLS", problem) for problem in problems]
+        else:
+            reads = (
+                "signed-in users read it through its policies"
+                if table.readable
+                else ("no client role reads it")
+            )
+            found.append(
+                ok("RLS", f"enabled on {table.name}; only the service role writes; {reads}")
+            )
+    return found
+
+
+def _table_problems(table: SyncedTable, row: asyncpg.Record) -> list[str]:
+    name = table.name
+    if not row["present"]:
+        return [f"{name} does not exist: run `clerk-sync migrate`"]
+    problems = []
+    if not row["rls"]:
+        problems.append(
+            f"row-level security is off on {name}: its policies do nothing, and a role with a "
+            f"grant on it (authenticated: select) reaches every row; run: alter table {name} "
+            "enable row level security"
+        )
+    if row["write_policies"]:
+        problems.append(
+            f"policies let anon or authenticated write {name}: "
+            f"{', '.join(row['write_policies'])}; drop them (only the service role writes)"
+        )
+    missing = [p for p in table.policies if p not in row["read_policies"]]
+    if missing:
+        problems.append(
+            f"policy {', '.join(repr(p) for p in missing)} missing on {name}: signed-in users "
+            f"cannot read their rows; {REAPPLY}"
+        )
+    expected = {"authenticated select"} if table.readable else set()
+    granted = set(row["privileges"])
+    extra, lacking = sorted(granted - expected), sorted(expected - granted)
+    if extra:
+        keep = f"; grant select on table {name} to authenticated" if table.readable else ""
+        problems.append(
+            f"{', '.join(extra)} granted on {name} (only the service role writes it"
+            f"{'' if table.readable else ', and no client role reads it'}); run: revoke all on "
+            f"table {name} from public, anon, authenticated{keep}"
+        )
+    if lacking:
+        problems.append(
+            f"authenticated may not select from {name}: its policies cannot let signed-in "
+            f"users read their rows; run: grant select on table {name} to authenticated"
+        )
+    return problems
+
+
+async def check_helpers(conn: asyncpg.Connection) -> list[Finding]:
+    """The helpers as the app's policies need them: one finding, or one per problem."""
+    problems = []
+    for row in await conn.fetch(HELPERS_SQL, list(HELPERS)):
+        function = row["signature"] or f"public.{row['name']}"
+        if row["signature"] is None:
+            problems.append(f"{function} does not exist; {REAPPLY}")
+            continue
+        if not row["security_definer"]:
+            problems.append(
+                f"{function} is not SECURITY DEFINER: under the caller's own policies it cannot "
+                f"see their memberships; run: alter function {function} security definer"
+            )
+        if not row["pinned_search_path"]:
+            problems.append(
+                f"{function} has no pinned search_path (a SECURITY DEFINER function without "
+                f"one runs whatever the caller's search_path finds); run: alter function "
+                f"{function} set search_path = ''"
+            )
+        if not row["authenticated"]:
+            problems.append(
+                f"authenticated may not execute {function}: policies that call it fail for "
+                f"signed-in users; run: grant execute on function {function} to authenticated"
+            )
+        if row["anon"]:
+            problems.append(
+                f"anon may execute {function}; run: revoke execute on function {function} "
+                "from public, anon"
+            )
+    if problems:
+        return [fail("helpers", problem) for problem in problems]
+    return [
+        ok(
+            "helpers",
+            f"{', '.join(HELPERS)}: SECURITY DEFINER, search_path pinned, executable by "
+            "authenticated only",
+        )
+    ]
 
 
 # --- the deployed endpoint ----------------------------------------------------------------------

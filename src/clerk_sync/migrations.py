@@ -39,6 +39,7 @@ INITIAL_VERSION = 1  # 0001_initial: public.users and the inbox
 REPLAY_VERSION = 4  # 0004_replay: the inbox's replay bookkeeping (clerk-sync replay)
 DEFINITIONS_VERSION = 6  # 0006_repeatable_definitions: sql/repeatable/ (classify_batch among them)
 PAYLOAD_RETENTION_VERSION = 7  # 0007_payload_retention: clerk_sync_drop_payloads' index
+ORGANIZATIONS_VERSION = 8  # 0008_organizations: public.organizations and its memberships
 
 MIGRATION_LOCK = "select pg_catalog.pg_advisory_xact_lock(1668049780, 0)"
 

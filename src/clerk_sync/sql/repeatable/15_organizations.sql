@@ -115,6 +115,8 @@ declare
     v_event record;
     v_outcomes text[];
     v_deleted_users text[] := '{}';
+    v_ending_organizations text[];
+    v_ending_users text[];
     v_org jsonb;
     v_member_id text;
     v_version timestamptz;
@@ -123,6 +125,23 @@ declare
     v_rows bigint;
     v_changed boolean;
 begin
+    -- The memberships this batch's deletes may end (those of its organization.deleted and
+    -- user.deleted events), locked first and in one global order (by id). An organization's
+    -- delete and a user's end the same memberships from two sides, and take different locks
+    -- (the organization's, the user's): ending them in each statement's own order, two such
+    -- batches could each hold a row the other waits for, and PostgreSQL would abort one of
+    -- them (a deadlock).
+    select pg_catalog.array_agg(b.organization_id) filter (where b.kind = 'organization_delete'),
+           pg_catalog.array_agg(b.user_id) filter (where b.kind = 'delete')
+    into v_ending_organizations, v_ending_users
+    from clerk_sync.batch_events(p_svix_ids, p_events) as b;
+    if v_ending_organizations is not null or v_ending_users is not null then
+        perform 1 from public.organization_memberships as m
+        where m.organization_id = any(v_ending_organizations) or m.user_id = any(v_ending_users)
+        order by m.id
+        for update;
+    end if;
+
     for v_event in
         -- Each svix-id's first delivery, unless handled before (as the batch's `fresh`).
         select f.n, f.svix_id, f.type, f.kind, f.user_id, f.organization_id,

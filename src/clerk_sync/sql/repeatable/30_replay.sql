@@ -89,11 +89,45 @@ begin
 end
 $$;
 
--- Delete up to p_batch inbox rows received more than p_older_than ago, oldest first, and return
--- how many went. Dead letters are kept unless p_dead_letters. Callers repeat it until it returns
--- fewer than p_batch: each call is a short transaction, and rows another purge holds are
--- skipped, so replicas purging at once neither wait on each other nor block deliveries.
--- Dedupe must outlast Svix's retries (about 27 hours): less than 2 days is refused.
+-- Retention goes in chunks: each call of public.clerk_sync_purge_inbox or
+-- public.clerk_sync_drop_payloads handles up to p_batch rows and says how many, and callers
+-- repeat it until it handles fewer (clerk_sync/retention.py). Each call is a short transaction,
+-- and rows another caller holds are skipped, so replicas purging at once neither wait on each
+-- other nor block deliveries.
+
+-- One chunk: the svix-ids of up to p_batch inbox rows received at or before p_before, oldest
+-- first, locked (those another transaction holds skipped): only those that still have a
+-- payload when p_with_payload, and dead letters only when p_dead_letters. Planned for each
+-- call's values: a plan made for any p_with_payload could not use inbox_payloads_kept (0007),
+-- the index that finds the payloads still to drop without reading the rows whose payload is
+-- gone (most of the inbox, once retention runs).
+create or replace function clerk_sync.expired_inbox_rows(
+    p_before timestamptz,
+    p_with_payload boolean,
+    p_dead_letters boolean,
+    p_batch integer
+)
+returns setof text
+language plpgsql
+volatile
+set search_path = ''
+set plan_cache_mode = force_custom_plan
+as $$
+begin
+    return query
+    select i.svix_id from clerk_sync.inbox as i
+    where i.received_at <= p_before
+      and (p_dead_letters or i.outcome <> 'invalid')
+      and (not p_with_payload or i.payload is not null)
+    order by i.received_at
+    limit greatest(p_batch, 1)
+    for update skip locked;
+end
+$$;
+
+-- Delete a chunk of the inbox rows received more than p_older_than ago, and return how many
+-- went. Dead letters are kept unless p_dead_letters. Dedupe must outlast Svix's retries (about
+-- 27 hours): less than 2 days is refused.
 create or replace function public.clerk_sync_purge_inbox(
     p_older_than interval,
     p_dead_letters boolean default false,
@@ -111,25 +145,18 @@ begin
         raise exception 'inbox rows are kept at least 2 days (Svix retries a delivery for about 27 hours, and the inbox is what recognises the retry), not %', p_older_than
             using errcode = '22023';
     end if;
-    with doomed as (
-        select i.svix_id from clerk_sync.inbox as i
-        where i.received_at < now() - p_older_than
-          and (p_dead_letters or i.outcome <> 'invalid')
-        order by i.received_at
-        limit greatest(p_batch, 1)
-        for update skip locked
-    )
-    delete from clerk_sync.inbox as i using doomed where i.svix_id = doomed.svix_id;
+    delete from clerk_sync.inbox as i
+    using clerk_sync.expired_inbox_rows(now() - p_older_than, false, p_dead_letters, p_batch)
+          as doomed(svix_id)
+    where i.svix_id = doomed.svix_id;
     get diagnostics v_deleted = row_count;
     return v_deleted;
 end
 $$;
 
--- Drop the payloads of up to p_batch deliveries received more than p_older_than ago (those that
--- applied, were stale or ignored: dead letters keep theirs), oldest first, and return how many.
--- The rows stay, for dedupe and `clerk-sync events`, until clerk_sync_purge_inbox removes them.
--- Called in chunks like the purge, each its own short transaction; rows another caller holds
--- are skipped.
+-- Drop the payloads of a chunk of the deliveries received more than p_older_than ago (those
+-- that applied, were stale or ignored: dead letters keep theirs), and return how many. The rows
+-- stay, for dedupe and `clerk-sync events`, until clerk_sync_purge_inbox removes them.
 create or replace function public.clerk_sync_drop_payloads(
     p_older_than interval,
     p_batch integer default 5000
@@ -146,16 +173,10 @@ begin
         raise exception 'payloads are kept for 0 days or more, not %', p_older_than
             using errcode = '22023';
     end if;
-    with doomed as (
-        select i.svix_id from clerk_sync.inbox as i
-        where i.payload is not null and i.outcome <> 'invalid'
-          and i.received_at <= now() - p_older_than
-        order by i.received_at
-        limit greatest(p_batch, 1)
-        for update skip locked
-    )
     update clerk_sync.inbox as i set payload = null
-    from doomed where i.svix_id = doomed.svix_id;
+    from clerk_sync.expired_inbox_rows(now() - p_older_than, true, false, p_batch)
+         as doomed(svix_id)
+    where i.svix_id = doomed.svix_id;
     get diagnostics v_dropped = row_count;
     return v_dropped;
 end

@@ -25,6 +25,9 @@
 do $supabase$
 declare
     v_function regprocedure;
+    v_helper boolean;
+    v_table regclass;
+    v_reads boolean;
 begin
     -- Supabase is where its API roles and auth.jwt() are.
     if (select count(*) from pg_catalog.pg_roles
@@ -81,56 +84,58 @@ begin
     $helpers$;
 
     -- The functions: the service role's only way in, running as their owner so that the
-    -- service role needs no privilege on schema clerk_sync. (CREATE OR REPLACE resets SECURITY
-    -- DEFINER: this runs after every repeatable file that replaced one.)
-    for v_function in
-        select p.oid::regprocedure from pg_catalog.pg_proc p
+    -- service role needs no privilege on schema clerk_sync; the app's helpers are the
+    -- signed-in user's instead (not the service role's, nor anon's). (CREATE OR REPLACE resets
+    -- SECURITY DEFINER: this runs after every repeatable file that replaced one.)
+    for v_function, v_helper in
+        select p.oid::regprocedure,
+               p.proname in ('clerk_sync_is_member', 'clerk_sync_org_role',
+                             'clerk_sync_active_org_id')
+        from pg_catalog.pg_proc p
         where p.pronamespace = 'public'::regnamespace and p.proname like 'clerk\_sync\_%'
         order by 1
     loop
         execute format('alter function %s security definer', v_function);
-        execute format('revoke execute on function %s from public, anon, authenticated',
-                       v_function);
-        execute format('grant execute on function %s to service_role', v_function);
+        execute format('revoke execute on function %s from public, anon, authenticated, '
+                       'service_role', v_function);
+        execute format('grant execute on function %s to %s', v_function,
+                       case when v_helper then 'authenticated' else 'service_role' end);
     end loop;
 
-    -- A signed-in user reads their own row, and nothing else; no write policy at all.
-    alter table public.users enable row level security;
+    -- The synced tables: row-level security, written by the service role alone (no write
+    -- policy at all); read by authenticated as the policies below let them, where `reads`.
+    for v_table, v_reads in
+        select t.name::regclass, t.reads
+        from (values ('public.users', true),
+                     ('public.organizations', true),
+                     ('public.organization_memberships', true)) as t(name, reads)
+    loop
+        execute format('alter table %s enable row level security', v_table);
+        execute format('revoke all on table %s from public, anon, authenticated', v_table);
+        if v_reads then
+            execute format('grant select on table %s to authenticated', v_table);
+        end if;
+        execute format('grant select, insert, update, delete on table %s to service_role',
+                       v_table);
+    end loop;
+
+    -- A signed-in user reads their own row, and nothing else.
     drop policy if exists "clerk-sync: users read their own row" on public.users;
     create policy "clerk-sync: users read their own row" on public.users
         for select to authenticated
         using (id = (select auth.jwt() ->> 'sub'));
-    revoke all on table public.users from public, anon, authenticated;
-    grant select on table public.users to authenticated;
-    grant select, insert, update, delete on table public.users to service_role;
 
-    -- The helpers are the signed-in user's, not the service role's (nor anon's).
-    revoke execute on function public.clerk_sync_is_member(text) from service_role;
-    revoke execute on function public.clerk_sync_org_role(text) from service_role;
-    revoke execute on function public.clerk_sync_active_org_id() from service_role;
-    grant execute on function public.clerk_sync_is_member(text) to authenticated;
-    grant execute on function public.clerk_sync_org_role(text) to authenticated;
-    grant execute on function public.clerk_sync_active_org_id() to authenticated;
-
-    -- A signed-in user reads their organizations and the live memberships of those; no write
-    -- policy at all.
-    alter table public.organizations enable row level security;
+    -- A signed-in user reads their organizations and the live memberships of those.
     drop policy if exists "clerk-sync: members read their organizations" on public.organizations;
     create policy "clerk-sync: members read their organizations" on public.organizations
         for select to authenticated
         using (public.clerk_sync_is_member(id));
-    alter table public.organization_memberships enable row level security;
     drop policy if exists "clerk-sync: members read their organizations' members"
         on public.organization_memberships;
     create policy "clerk-sync: members read their organizations' members"
         on public.organization_memberships
         for select to authenticated
         using (deleted_at is null and public.clerk_sync_is_member(organization_id));
-    revoke all on table public.organizations, public.organization_memberships
-        from public, anon, authenticated;
-    grant select on table public.organizations, public.organization_memberships to authenticated;
-    grant select, insert, update, delete
-        on table public.organizations, public.organization_memberships to service_role;
 
     -- Invitations: nobody reads them but the service role, unless the app's own policy says so.
     alter table public.organization_invitations enable row level security;
