@@ -331,7 +331,10 @@ def test_functions_and_schema_clerk_sync_out_of_the_clients_reach(supabase_db: s
     assert "authenticated may use schema clerk_sync" in schema
 
 
-@pytest.mark.parametrize("table", doctor.SYNCED_TABLES, ids=lambda table: table.name)
+READABLE_TABLES = [table for table in doctor.SYNCED_TABLES if table.readable]
+
+
+@pytest.mark.parametrize("table", READABLE_TABLES, ids=lambda table: table.name)
 def test_each_synced_table_rls_policies_and_grants(
     supabase_db: str, table: doctor.SyncedTable
 ) -> None:
@@ -602,3 +605,36 @@ def test_marks_on_a_terminal() -> None:
         [Finding(Status.OK, "a", "fine"), Finding(Status.FAIL, "b", "broken")], tty=True
     )
     assert text == "✓ a: fine\n✗ b: broken\n1 problem found\n"
+
+
+def test_invitations_are_read_only_through_the_apps_own_policy(supabase_db: str) -> None:
+    """Invitations: no client role reads them after migrate; the docs' admin policy (a grant to
+    authenticated and a policy) is the app's choice, not a finding; anon's select or a client's
+    write is, with what to run that keeps the app's grant."""
+    name = "public.organization_invitations"
+
+    def finding() -> Finding:
+        [found] = [f for f in only(check_database(supabase_db), "RLS") if name in f.message]
+        return found
+
+    assert finding().status is Status.OK and "no client role reads it" in finding().message
+    support.execute(
+        supabase_db,
+        f"""
+        grant select on table {name} to authenticated;
+        create policy "admins read invitations" on {name} for select to authenticated
+            using (public.clerk_sync_org_role(organization_id) = 'org:admin');
+        """,
+    )
+    assert finding().status is Status.OK
+    assert "only through your own policies ('admins read invitations')" in finding().message
+    support.execute(
+        supabase_db, f"grant select on {name} to anon; grant update on {name} to authenticated"
+    )
+    problem = finding()
+    assert problem.status is Status.FAIL
+    assert f"anon select, authenticated update granted on {name}" in problem.message
+    assert f"revoke all on table {name} from public, anon; revoke insert, update" in problem.message
+    support.execute(supabase_db, migrations.render_schema())
+    assert finding().status is Status.OK
+    assert "only through your own policies" in finding().message

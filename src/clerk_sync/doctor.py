@@ -509,11 +509,13 @@ async def _check_lockdown(conn: asyncpg.Connection) -> list[Finding]:
 class SyncedTable:
     """A table clerk-sync writes in schema public, as sql/repeatable/90_supabase.sql locks it
     down: row-level security on, the service role its only writer, and `authenticated` reading
-    what `policies` (select policies for authenticated, by name) let it, when `readable`."""
+    what `policies` (select policies for authenticated, by name) let it, when `readable`. A table
+    `readable` only by the app's choice (invitations: `None`) may or may not grant authenticated
+    select, for a policy of the app's own; anon never reads it."""
 
     name: str
     policies: tuple[str, ...] = ()
-    readable: bool = True
+    readable: bool | None = True
 
 
 SYNCED_TABLES = (
@@ -523,6 +525,9 @@ SYNCED_TABLES = (
         "public.organization_memberships",
         ("clerk-sync: members read their organizations' members",),
     ),
+    # Invitees' email addresses: no client role reads them unless the app grants it with a
+    # policy of its own (docs/supabase.md).
+    SyncedTable("public.organization_invitations", readable=None),
 )
 
 # What each table is to the client roles: row-level security, the names of the select policies
@@ -585,15 +590,20 @@ async def check_synced_tables(
         if problems:
             found += [fail("RLS", problem) for problem in problems]
         else:
-            reads = (
-                "signed-in users read it through its policies"
-                if table.readable
-                else ("no client role reads it")
-            )
+            reads = _who_reads(table, row)
             found.append(
                 ok("RLS", f"enabled on {table.name}; only the service role writes; {reads}")
             )
     return found
+
+
+def _who_reads(table: SyncedTable, row: asyncpg.Record) -> str:
+    if table.readable:
+        return "signed-in users read it through its policies"
+    if table.readable is None and "authenticated select" in row["privileges"]:
+        policies = ", ".join(repr(p) for p in row["read_policies"]) or "none yet"
+        return f"signed-in users read it only through your own policies ({policies})"
+    return "no client role reads it"
 
 
 def _table_problems(table: SyncedTable, row: asyncpg.Record) -> list[str]:
@@ -620,20 +630,36 @@ def _table_problems(table: SyncedTable, row: asyncpg.Record) -> list[str]:
         )
     expected = {"authenticated select"} if table.readable else set()
     granted = set(row["privileges"])
+    if table.readable is None:
+        granted.discard("authenticated select")  # the app's own choice
     extra, lacking = sorted(granted - expected), sorted(expected - granted)
     if extra:
-        keep = f"; grant select on table {name} to authenticated" if table.readable else ""
-        problems.append(
-            f"{', '.join(extra)} granted on {name} (only the service role writes it"
-            f"{'' if table.readable else ', and no client role reads it'}); run: revoke all on "
-            f"table {name} from public, anon, authenticated{keep}"
-        )
+        problems.append(f"{', '.join(extra)} granted on {name} ({_revoke_hint(table)}")
     if lacking:
         problems.append(
             f"authenticated may not select from {name}: its policies cannot let signed-in "
             f"users read their rows; run: grant select on table {name} to authenticated"
         )
     return problems
+
+
+def _revoke_hint(table: SyncedTable) -> str:
+    name = table.name
+    if table.readable:
+        return (
+            f"only the service role writes it); run: revoke all on table {name} from public, "
+            f"anon, authenticated; grant select on table {name} to authenticated"
+        )
+    if table.readable is None:
+        return (
+            f"only the service role writes it, and anon never reads it); run: revoke all on "
+            f"table {name} from public, anon; revoke insert, update, delete, truncate, "
+            f"references, trigger on table {name} from authenticated"
+        )
+    return (
+        f"only the service role writes it, and no client role reads it); run: revoke all on "
+        f"table {name} from public, anon, authenticated"
+    )
 
 
 async def check_helpers(conn: asyncpg.Connection) -> list[Finding]:
