@@ -28,6 +28,7 @@ import asyncpg
 import httpx
 
 from clerk_sync import migrations
+from clerk_sync.custom_columns import CustomColumns
 from clerk_sync.testing import (  # noqa: F401 (the tests use them as support.*)
     deleted_event,
     dumps,
@@ -86,13 +87,14 @@ def server_reachable(dsn: str) -> bool:
         return False
 
 
-def migrate_database(dsn: str) -> list[str]:
-    """Run `migrate` on a database; what it applied, by label."""
+def migrate_database(dsn: str, columns: CustomColumns | None = None) -> list[str]:
+    """Run `migrate` on a database (with these custom columns, else the configured ones); what
+    it applied, by label."""
 
     async def go() -> list[str]:
         conn = await asyncpg.connect(dsn)
         try:
-            return [m.label for m in await migrations.migrate(conn)]
+            return [m.label for m in await migrations.migrate(conn, columns)]
         finally:
             await conn.close()
 

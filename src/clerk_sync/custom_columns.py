@@ -184,6 +184,16 @@ class CustomColumns:
     def __bool__(self) -> bool:
         return bool(self.columns)
 
+    def unconvertible_in(self, event_type: str, data: dict[str, Any]) -> list[CustomColumn]:
+        """The columns an applied event of this type set to their default because its value
+        did not convert (for the metric and the log line; never the value)."""
+        found: list[CustomColumn] = []
+        for table, where in _WRITES.get(event_type, ()):
+            columns = self.of(table)
+            if columns:
+                found += unconvertible(columns, data if not where else lookup(data, where))
+        return found
+
 
 NO_COLUMNS = CustomColumns()
 
@@ -293,6 +303,23 @@ def unconvertible(columns: tuple[CustomColumn, ...], data: object) -> list[Custo
     return [column for column in columns if column.value(data)[1]]
 
 
+# The Clerk objects an event writes, by table (as the write path takes them).
+_WRITES: dict[str, tuple[tuple[Table, tuple[str, ...]], ...]] = {
+    "user.created": (("users", ()),),
+    "user.updated": (("users", ()),),
+    "organization.created": (("organizations", ()),),
+    "organization.updated": (("organizations", ()),),
+    "organizationMembership.created": (
+        ("organization_memberships", ()),
+        ("organizations", ("organization",)),
+    ),
+    "organizationMembership.updated": (
+        ("organization_memberships", ()),
+        ("organizations", ("organization",)),
+    ),
+}
+
+
 # --- the file ----------------------------------------------------------------------------------
 
 
@@ -324,9 +351,10 @@ def _path(table: Table, path: str) -> tuple[str, ...]:
         )
     if segments[0] not in object_fields(table):
         name, _ = OBJECTS[table]
+        metadata = sorted(f for f in object_fields(table) if f.endswith("_metadata"))
         raise ValueError(
             f"path {path!r} does not start with a field of Clerk's {name} object (such as "
-            "public_metadata, private_metadata or unsafe_metadata)"
+            f"{', '.join(metadata)})"
         )
     return segments
 
