@@ -224,8 +224,8 @@ def test_a_missing_value_is_not_unconvertible_but_a_wrong_one_is() -> None:
     assert lookup({"a": [{"b": 1}]}, ("a", "0", "b")) == 1
 
 
-# jsonb holds no \u0000.
-TEXT = st.characters(blacklist_characters="\x00")
+# jsonb holds no \u0000, nor a lone surrogate.
+TEXT = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 JSON_VALUES = st.recursive(
     st.none()
     | st.booleans()
@@ -248,8 +248,8 @@ JSON_VALUES = st.recursive(
         ]
     )
     | st.text(TEXT, max_size=5),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(TEXT, max_size=3), inner, max_size=3)
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(TEXT, max_size=3), inner, max_size=3)
     ),
     max_leaves=6,
 )
@@ -698,3 +698,37 @@ def test_an_unconvertible_value_is_counted_and_logged_without_the_value(
     assert line.delivery["unconvertible"] == "users.credits"  # type: ignore[attr-defined]
     assert "secret-ish-value" not in caplog.text
     assert user(cc_db, "user_9")["credits"] == 0
+
+
+def test_backfill_fills_them_from_clerk_for_rows_of_the_same_version(pg_server: str) -> None:
+    dsn = support.create_database(pg_server, migrate=False)
+    try:
+        migrate(dsn, CustomColumns())
+        same = support.user_event("user.created", "user_1", T0, public_metadata=GOOD)
+        newer = support.user_event("user.created", "user_2", T0 + 5)
+        apply(dsn, same, newer)
+        wallet = parse(
+            "[users.columns]\n"
+            'wallet = { path = "web3_wallets.0.web3_wallet", default = "-" }\n'
+            "role = 'public_metadata.role'\n"
+        )
+        said = migrate(dsn, wallet)
+        assert any("in no data clerk-sync keeps" in line for line in said)
+        assert user(dsn, "user_1")["wallet"] == "-"
+
+        # What the Backend API returns: user_1 at the row's version, user_2 older than its row.
+        from_clerk = [
+            {**same["data"], "web3_wallets": [{"web3_wallet": "0xabc"}]},
+            {
+                **support.user_event("user.created", "user_2", T0)["data"],
+                "web3_wallets": [{"web3_wallet": "0xdef"}],
+            },
+        ]
+        fill = "select clerk_sync.fill_custom_columns($1::jsonb[]) as n"
+        texts = [json.dumps(u) for u in from_clerk]
+        assert support.fetch(dsn, fill, texts) == [{"n": 1}]
+        assert (user(dsn, "user_1")["wallet"], user(dsn, "user_1")["role"]) == ("0xabc", "admin")
+        assert user(dsn, "user_2")["wallet"] == "-"
+        assert support.fetch(dsn, fill, texts) == [{"n": 0}]  # holds them already
+    finally:
+        support.drop_database(pg_server, dsn)
