@@ -21,14 +21,13 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 
 from clerk_sync import migrations
-from clerk_sync.custom_columns import CustomColumns
 from clerk_sync.testing import (  # noqa: F401 (the tests use them as support.*)
     deleted_event,
     dumps,
@@ -40,6 +39,9 @@ from clerk_sync.testing import (  # noqa: F401 (the tests use them as support.*)
     signed_headers,
     user_event,
 )
+
+if TYPE_CHECKING:
+    from clerk_sync.custom_columns import CustomColumns
 
 SHARED_SERVER_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -94,7 +96,10 @@ def migrate_database(dsn: str, columns: CustomColumns | None = None) -> list[str
     async def go() -> list[str]:
         conn = await asyncpg.connect(dsn)
         try:
-            return [m.label for m in await migrations.migrate(conn, columns)]
+            applied = await (
+                migrations.migrate(conn) if columns is None else migrations.migrate(conn, columns)
+            )
+            return [m.label for m in applied]
         finally:
             await conn.close()
 
