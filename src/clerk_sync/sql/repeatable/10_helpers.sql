@@ -68,19 +68,6 @@ as $$
     select case pg_catalog.jsonb_typeof(p_value) when 'string' then p_value #>> '{}' end
 $$;
 
-create or replace function clerk_sync.to_integer(p_value jsonb)
-returns integer
-language sql
-immutable
-parallel safe
-as $$
-    select case pg_catalog.jsonb_typeof(p_value) when 'number' then
-        case when p_value::numeric = pg_catalog.trunc(p_value::numeric)
-                  and p_value::numeric between -2147483648 and 2147483647
-             then p_value::numeric::integer end
-    end
-$$;
-
 create or replace function clerk_sync.to_bigint(p_value jsonb)
 returns bigint
 language sql
@@ -92,6 +79,16 @@ as $$
                   and p_value::numeric between -9223372036854775808 and 9223372036854775807
              then p_value::numeric::bigint end
     end
+$$;
+
+create or replace function clerk_sync.to_integer(p_value jsonb)
+returns integer
+language sql
+immutable
+parallel safe
+as $$
+    select case when clerk_sync.to_bigint(p_value) between -2147483648 and 2147483647
+                then clerk_sync.to_bigint(p_value)::integer end
 $$;
 
 create or replace function clerk_sync.to_numeric(p_value jsonb)
