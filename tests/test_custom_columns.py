@@ -732,3 +732,13 @@ def test_backfill_fills_them_from_clerk_for_rows_of_the_same_version(pg_server: 
         assert support.fetch(dsn, fill, texts) == [{"n": 0}]  # holds them already
     finally:
         support.drop_database(pg_server, dsn)
+
+
+def test_quotes_in_a_default_stay_in_the_default(cc_db: str) -> None:
+    quoted = parse(
+        "[users.columns]\n"
+        """motto = { path = "public_metadata.motto", default = "it's $$ $x$ \\\\ done" }\n"""
+    )
+    migrate(cc_db, quoted)
+    apply(cc_db, support.user_event("user.created", "user_1", T0))
+    assert user(cc_db)["motto"] == "it's $$ $x$ \\ done"

@@ -106,7 +106,7 @@ OBJECTS: dict[Table, tuple[str, str]] = {
 
 PRIVATE_ROOT = "private_metadata"
 NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-SEGMENT = re.compile(r"[A-Za-z0-9_$-]+")
+SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 INTEGER_RANGE = {"integer": 2**31, "bigint": 2**63}
 # Milliseconds up to the end of year 9999, as clerk_sync.is_ms has it.
 MAX_MS = 253402300799999
@@ -272,7 +272,12 @@ CONVERTERS: dict[ColumnType, str] = {
 
 
 def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    """An SQL string literal. A `$` is written as an escape, so that the literal can go inside
+    a dollar-quoted function body (sql/repeatable/ files are)."""
+    if "$" not in text:
+        return "'" + text.replace("'", "''") + "'"
+    escaped = text.replace("\\", "\\\\").replace("'", "''").replace("$", "\\0024")
+    return "U&'" + escaped + "'"
 
 
 def _json_text(value: object) -> str:
@@ -346,7 +351,7 @@ def _path(table: Table, path: str) -> tuple[str, ...]:
     segments = tuple(path.split("."))
     if not all(SEGMENT.fullmatch(segment) for segment in segments):
         raise ValueError(
-            f"path {path!r} is not field names separated by dots (letters, digits, _, $ and -), "
+            f"path {path!r} is not field names separated by dots (letters, digits, _ and -), "
             "such as 'public_metadata.plan'"
         )
     if segments[0] not in object_fields(table):

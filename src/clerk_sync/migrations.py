@@ -283,7 +283,7 @@ def custom_columns_sql(columns: CustomColumns, retype: frozenset[str] = frozense
                 _quote(column.type),
                 _quote(column.dotted_path),
                 _quote(column.default_sql),
-                f"$clerk_sync_fill${fill}$clerk_sync_fill$",
+                _quote(fill),
                 "true" if kept else "false",
                 "true" if column.label in retype else "false",
             ]
