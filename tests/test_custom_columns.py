@@ -601,15 +601,22 @@ def test_removing_a_column_leaves_it_and_says_so_and_a_retype_is_refused_until_a
             "[users.columns]\ncredits = { path = 'public_metadata.credits', type = 'integer' }\n"
             "plan = 'public_metadata.plan'\n"
         )
-        first = cli(tmp_path, "migrate", DATABASE_URL=dsn)
-        assert first.returncode == 0, first.stderr
-        assert "custom column public.users.credits (integer) added" in first.stderr
+        # Rows synced before the file: filled by `migrate`, with Clerk unreachable.
+        support.migrate_database(dsn, CustomColumns())
         apply(
             dsn,
             support.user_event(
                 "user.created", "user_1", T0, public_metadata={"credits": 5, "plan": "pro"}
             ),
         )
+        unreachable = {"CLERK_SECRET_KEY": "sk_test_unused", "CLERK_API_URL": "http://127.0.0.1:9"}
+        first = cli(tmp_path, "migrate", DATABASE_URL=dsn, **unreachable)
+        assert first.returncode == 0, first.stderr
+        assert (
+            "custom column public.users.credits (integer) added, from public_metadata.credits "
+            "for the 1 rows already synced" in first.stderr
+        )
+        assert (user(dsn)["credits"], user(dsn)["plan"]) == (5, "pro")
 
         (tmp_path / "clerk-sync.toml").write_text(
             "[users.columns]\ncredits = 'public_metadata.credits'\n"
