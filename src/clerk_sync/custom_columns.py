@@ -188,7 +188,7 @@ class CustomColumns:
         """The columns an applied event of this type set to their default because its value
         did not convert (for the metric and the log line; never the value)."""
         found: list[CustomColumn] = []
-        for table, where in _WRITES.get(event_type, ()):
+        for table, where in EVENT_WRITES.get(event_type, ()):
             columns = self.of(table)
             if columns:
                 found += unconvertible(columns, data if not where else lookup(data, where))
@@ -309,7 +309,7 @@ def unconvertible(columns: tuple[CustomColumn, ...], data: object) -> list[Custo
 
 
 # The Clerk objects an event writes, by table (as the write path takes them).
-_WRITES: dict[str, tuple[tuple[Table, tuple[str, ...]], ...]] = {
+EVENT_WRITES: dict[str, tuple[tuple[Table, tuple[str, ...]], ...]] = {
     "user.created": (("users", ()),),
     "user.updated": (("users", ()),),
     "organization.created": (("organizations", ()),),
