@@ -317,7 +317,7 @@ async def migrate(
     import asyncpg
 
     columns = configured() if columns is None else columns
-    for label in sorted(retype - {column.label for column in columns.columns}):
+    for label in sorted(label for label in retype if columns.find(label) is None):
         raise ConfigError(
             f"--retype {label}: no such column in {columns.source or 'clerk-sync.toml'} "
             "(name it as table.column, e.g. users.credits)"
