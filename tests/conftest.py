@@ -89,6 +89,45 @@ def db(database_url: str) -> str:
     return database_url
 
 
+CUSTOM_COLUMNS_FILE = Path(__file__).parent / "fixtures" / "custom-columns.toml"
+# Each custom column of CUSTOM_COLUMNS_FILE agrees with what it is taken from: both come from the
+# newest applied event (a row where one does not is a custom column the write path left behind).
+CUSTOM_COLUMNS_DISAGREE_SQL = """
+select 'users ' || id from public.users
+where given_name is distinct from first_name
+   or role is distinct from coalesce(clerk_sync.to_text(public_metadata #> '{role}'), 'member')
+   or tags is distinct from coalesce(clerk_sync.to_text_array(public_metadata #> '{tags}'), '{}')
+union all
+select 'organizations ' || id from public.organizations where org_name is distinct from name
+union all
+select 'organization_memberships ' || id from public.organization_memberships
+where member_role is distinct from role
+"""
+
+
+@pytest.fixture(scope="session")
+def columns_database_url(pg_server: str) -> Iterator[str]:
+    """A migrated database of this session's own, with the custom columns of
+    tests/fixtures/custom-columns.toml."""
+    from clerk_sync.custom_columns import load_custom_columns
+
+    dsn = support.create_database(pg_server, migrate=False)
+    try:
+        support.migrate_database(dsn, load_custom_columns(CUSTOM_COLUMNS_FILE))
+        yield dsn
+    finally:
+        support.drop_database(pg_server, dsn)
+
+
+@pytest.fixture
+def columns_db(columns_database_url: str) -> Iterator[str]:
+    """That database, emptied for this test; afterwards, every custom column agrees with what
+    it is taken from."""
+    support.execute(columns_database_url, support.CLEAN_SQL)
+    yield columns_database_url
+    assert support.fetch(columns_database_url, CUSTOM_COLUMNS_DISAGREE_SQL) == []
+
+
 @pytest.fixture
 def secret() -> tuple[str, bytes]:
     return support.make_secret()

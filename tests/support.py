@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -40,6 +40,9 @@ from clerk_sync.testing import (  # noqa: F401 (the tests use them as support.*)
     signed_headers,
     user_event,
 )
+
+if TYPE_CHECKING:
+    from clerk_sync.custom_columns import CustomColumns
 
 SHARED_SERVER_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -87,13 +90,17 @@ def server_reachable(dsn: str) -> bool:
         return False
 
 
-def migrate_database(dsn: str) -> list[str]:
-    """Run `migrate` on a database; what it applied, by label."""
+def migrate_database(dsn: str, columns: CustomColumns | None = None) -> list[str]:
+    """Run `migrate` on a database (with these custom columns, else the configured ones); what
+    it applied, by label."""
 
     async def go() -> list[str]:
         conn = await asyncpg.connect(dsn)
         try:
-            return [m.label for m in await migrations.migrate(conn)]
+            applied = await (
+                migrations.migrate(conn) if columns is None else migrations.migrate(conn, columns)
+            )
+            return [m.label for m in applied]
         finally:
             await conn.close()
 
@@ -117,7 +124,7 @@ def drop_database(server_dsn: str, dsn: str) -> None:
 CLEAN_SQL = """
 truncate public.users, clerk_sync.inbox, clerk_sync.tombstones, clerk_sync.pending_sign_ins,
     public.organizations, public.organization_memberships, clerk_sync.organization_tombstones,
-    clerk_sync.membership_tombstones, public.organization_invitations
+    clerk_sync.membership_tombstones, public.organization_invitations, clerk_sync.private_metadata
 """
 
 

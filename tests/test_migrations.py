@@ -291,7 +291,7 @@ def test_repeatable_files_run_again_when_their_text_changes(
         for r in original
     )
     assert edited != original
-    monkeypatch.setattr(migrations, "repeatables", lambda: edited)
+    monkeypatch.setattr(migrations, "repeatables", lambda columns=None: edited)
     assert support.migrate_database(empty_db) == ["schema_version (repeatable)"]
     [row] = support.fetch(
         empty_db, "select prosrc from pg_proc where proname = 'clerk_sync_schema_version'"

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clerk_sync import metrics
+from clerk_sync.custom_columns import NO_COLUMNS, CustomColumns
 from clerk_sync.delivery import (
     FAILED_VERIFICATION_LIMIT,
     MAX_BODY_BYTES,
@@ -100,9 +101,11 @@ def create_app(
     failed_verification_limit: int = FAILED_VERIFICATION_LIMIT,
     background: Sequence[Callable[[], Coroutine[object, object, None]]] = (),
     session_sync: SessionSync | None = None,
+    custom_columns: CustomColumns = NO_COLUMNS,
 ) -> Starlette:
     """The app; `background` are loops (retention, say) run for the app's lifetime;
-    `session_sync` adds POST /api/users/sync."""
+    `session_sync` adds POST /api/users/sync; `custom_columns` are counted when a value does
+    not convert."""
     opened = _Opened()
     limiter = FailedVerificationLimiter(failed_verification_limit)
 
@@ -133,7 +136,13 @@ def create_app(
         opened.store = await open_store()
         opened.readiness = Readiness(opened.store.not_ready_reason)
         opened.receiver = WebhookReceiver(
-            DeliveryHandler(verifier, opened.store, limiter, max_body_bytes=max_body_bytes)
+            DeliveryHandler(
+                verifier,
+                opened.store,
+                limiter,
+                max_body_bytes=max_body_bytes,
+                custom_columns=custom_columns,
+            )
         )
         tasks = [asyncio.create_task(loop()) for loop in background]
         try:
@@ -203,4 +212,5 @@ def create_app_from_settings(settings: Settings, dsn: str | None = None) -> Star
         failed_verification_limit=settings.failed_verification_limit,
         background=background,
         session_sync=session_sync,
+        custom_columns=settings.custom_columns,
     )

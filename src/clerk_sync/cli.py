@@ -129,7 +129,7 @@ def on_database(
     return asyncio.run(run())
 
 
-def run_migrations(settings: Settings, dsn: str) -> None:
+def run_migrations(settings: Settings, dsn: str, retype: frozenset[str] = frozenset()) -> None:
     said: list[str] = []  # what the migrations said (a skipped step says so in a notice)
 
     def listen(conn: object, message: asyncpg.PostgresLogMessage) -> None:
@@ -140,18 +140,18 @@ def run_migrations(settings: Settings, dsn: str) -> None:
         conn: asyncpg.Connection,
     ) -> list[migrations.Migration | migrations.Repeatable]:
         conn.add_log_listener(listen)
-        return await migrations.migrate(conn)
+        return await migrations.migrate(conn, settings.custom_columns, retype)
 
     applied = on_database(settings, dsn, migrate, "migrate the database", then="check DATABASE_URL")
     if applied:
         names = ", ".join(m.label for m in applied)
         typer.echo(f"clerk-sync: applied migrations {names}", err=True)
-        for line in said:
-            typer.echo(line, err=True)
     else:
         typer.echo(
             f"clerk-sync: schema is current (version {migrations.latest_version()})", err=True
         )
+    for line in said:
+        typer.echo(line, err=True)
 
 
 def check_rest_schema(settings: Settings, backend: RestBackend) -> None:
@@ -286,7 +286,18 @@ def serve(
 
 
 @cli.command()
-def migrate(database_url: DatabaseUrlOption = None, data_dir: DataDirOption = None) -> None:
+def migrate(
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+    retype: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A custom column (table.column) whose type clerk-sync.toml changed: drop it, "
+            "add it with the new type and fill it again (what it holds is lost)",
+            metavar="TABLE.COLUMN",
+        ),
+    ] = None,
+) -> None:
     """Create or upgrade the schema (idempotent; safe while other replicas run it)."""
     settings = load_settings(database_url=database_url, data_dir=data_dir)
     rest_mode = (
@@ -295,13 +306,14 @@ def migrate(database_url: DatabaseUrlOption = None, data_dir: DataDirOption = No
         "save `clerk-sync schema` as a migration and apply it with `supabase db push`"
     )
     with direct_database(settings, rest_mode) as dsn:
-        run_migrations(settings, dsn)
+        run_migrations(settings, dsn, frozenset(retype or ()))
 
 
 @cli.command()
 def schema() -> None:
-    """Print the schema SQL, for `supabase db push` or your own migration tooling."""
-    sys.stdout.write(migrations.render_schema())
+    """Print the schema SQL (custom columns included), for `supabase db push` or your own
+    migration tooling."""
+    sys.stdout.write(migrations.render_schema(load_settings().custom_columns))
 
 
 RECENT_USERS_SQL = """

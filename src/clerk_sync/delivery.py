@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 
 from clerk_sync import metrics
+from clerk_sync.custom_columns import EVENT_WRITES, NO_COLUMNS, CustomColumns
 from clerk_sync.events import NOT_A_CLERK_EVENT, NotAClerkEvent, Outcome, parse_event
 from clerk_sync.limits import FailedVerificationLimiter
 from clerk_sync.storage import EventRejected, Store, StoreUnavailable
@@ -96,11 +97,13 @@ class DeliveryHandler:
         limiter: FailedVerificationLimiter | None = None,
         *,
         max_body_bytes: int = MAX_BODY_BYTES,
+        custom_columns: CustomColumns = NO_COLUMNS,
     ) -> None:
         self.verifier = verifier
         self.store = store
         self.limiter = limiter or FailedVerificationLimiter(FAILED_VERIFICATION_LIMIT)
         self.max_body_bytes = max_body_bytes  # for the caller to bound the body it reads
+        self.custom_columns = custom_columns  # to count the values that do not convert
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store) -> DeliveryHandler:
@@ -111,6 +114,7 @@ class DeliveryHandler:
             store,
             FailedVerificationLimiter(settings.failed_verification_limit),
             max_body_bytes=settings.max_body_bytes,
+            custom_columns=settings.custom_columns,
         )
 
     async def handle(
@@ -171,9 +175,21 @@ class DeliveryHandler:
                 )
             if outcome is Outcome.APPLIED:
                 metrics.LIVE.last_applied = time.time()
+                if self.custom_columns and event.type in EVENT_WRITES:
+                    self._count_unconvertible(event.type, event.body, line)
             return self._finish(started, line, 200, {"outcome": outcome.value}, None, outcome.value)
         finally:
             metrics.LIVE.in_flight -= 1
+
+    def _count_unconvertible(self, event_type: str, body: str, line: dict[str, Any]) -> None:
+        """The custom columns this applied event set to their default because its value did
+        not convert: counted, and named (never the value) in the delivery's log line. Parsed
+        again (only with custom columns declared) rather than every event's data kept."""
+        found = self.custom_columns.unconvertible_in(event_type, orjson.loads(body)["data"])
+        for column in found:
+            metrics.CUSTOM_COLUMN_UNCONVERTIBLE.labels(column.table, column.name).inc()
+        if found:
+            line["unconvertible"] = ",".join(column.label for column in found)
 
     def too_large(self, started: float | None = None) -> Answer:
         """The answer to a body larger than `max_body_bytes` (refuse it from its declared

@@ -22,7 +22,16 @@ _SECRET_MARKERS = ("whsec_", "sk_live_", "sk_test_", "sb_secret_", "eyJ")
 _EMAILS = re.compile(r"[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)*\.(?:[^\W\d_]{2,}|xn--[\w\-]+)")
 
 # The fields of a delivery line, in the order they are shown.
-DELIVERY_FIELDS = ("svix_id", "type", "user_id", "outcome", "status", "duration_ms", "error")
+DELIVERY_FIELDS = (
+    "svix_id",
+    "type",
+    "user_id",
+    "outcome",
+    "status",
+    "duration_ms",
+    "error",
+    "unconvertible",
+)
 
 
 def mask(text: str) -> str:

@@ -22,6 +22,12 @@ VERIFICATION_FAILURES = Counter(
     "Deliveries refused before verification succeeded, by reason.",
     ["reason"],
 )
+CUSTOM_COLUMN_UNCONVERTIBLE = Counter(
+    "clerk_sync_custom_column_unconvertible",
+    "Applied events whose value for a custom column (clerk-sync.toml) did not convert to its "
+    "type, so the column got its default.",
+    ["table", "column"],
+)
 DATABASE_ERRORS = Counter(
     "clerk_sync_database_errors",
     "Deliveries answered 503 because the database was unavailable or too slow.",

@@ -14,6 +14,12 @@
 the same moment take turns and the later ones find nothing to do. It needs no session state, so
 it also runs through Supabase's transaction pooler. `render_schema` prints the same SQL,
 bookkeeping included, as one script that can be applied any number of times.
+
+Custom columns (clerk-sync.toml, custom_columns.py) are part of both: the repeatable files are
+rendered with them (each `-- custom columns of <table>: <part>` line is followed by that part for
+the table's declared columns; with none declared the files run as written), so their checksums
+are over the rendered text and a changed file runs them again; then each declared column is added
+and filled, or checked, by clerk_sync.apply_custom_column (sql/repeatable/12_custom_columns.sql).
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from functools import cache, cached_property
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from clerk_sync.errors import Refused
+from clerk_sync.custom_columns import CustomColumn, CustomColumns, Table, configured
+from clerk_sync.errors import ConfigError, Refused
 
 if TYPE_CHECKING:
     # Only for annotations: REST mode reads `latest_version` without loading a database driver.
@@ -104,6 +111,13 @@ class AppliedMigrationChanged(Refused):
     """A versioned migration this database applied is not the file this release carries."""
 
 
+class CustomColumnRetyped(Refused):
+    """A custom column exists with another type than the file declares (see `--retype`)."""
+
+
+RETYPED_SQLSTATE = "CSTYP"
+
+
 class _SqlFile:
     sql: str
 
@@ -154,10 +168,132 @@ def migrations() -> tuple[Migration, ...]:
 
 
 @cache
-def repeatables() -> tuple[Repeatable, ...]:
-    """In the order they run (by file name); the lock-down last."""
+def _repeatable_files() -> tuple[tuple[str, str], ...]:
     found = sorted(_files("repeatable"), key=lambda item: int(item[0][1]))
-    return tuple(Repeatable(m[2], sql) for m, sql in found)
+    return tuple((m[2], sql) for m, sql in found)
+
+
+def repeatables(columns: CustomColumns | None = None) -> tuple[Repeatable, ...]:
+    """In the order they run (by file name), the lock-down last; rendered with `columns` (by
+    default the configured ones)."""
+    columns = configured() if columns is None else columns
+    return tuple(
+        Repeatable(name, render_custom_columns(sql, columns)) for name, sql in _repeatable_files()
+    )
+
+
+# --- custom columns -----------------------------------------------------------------------------
+
+MARKER = re.compile(r"^(?P<lead>.*?)-- custom columns of (?P<table>\w+): (?P<part>.+)$", re.M)
+KEEPING = re.compile(r"updates, keeping (\w+)'s when excluded\.updated_at is null")
+
+
+def _fragment(declared: tuple[CustomColumn, ...], part: str) -> list[str]:
+    """The lines a marker's part stands for (see `render_custom_columns`)."""
+    names = [c.quoted for c in declared]
+    if part == "names":
+        return [", ".join(names) + ","] if declared else []
+    if part == "updates":
+        return [f"{name} = excluded.{name}," for name in names]
+    if keeping := KEEPING.fullmatch(part):
+        row = keeping[1]
+        return [
+            f"{name} = case when excluded.updated_at is null then {row}.{name} "
+            f"else excluded.{name} end,"
+            for name in names
+        ]
+    source = part.partition(" from ")[2]
+    if part.startswith("values from "):
+        return [c.value_sql(source) + "," for c in declared]
+    if part.startswith("sets from "):
+        return [f"{c.quoted} = {c.value_sql(source)}," for c in declared]
+    if part.startswith("changed from "):
+        if not declared:
+            return ["false and"]
+        held = ", ".join(f"u.{name}" for name in names)
+        sent = ", ".join(c.value_sql(source) for c in declared)
+        return [f"row({held}) is distinct from row({sent}) and"]
+    raise ValueError(f"unknown custom columns marker part {part!r}")
+
+
+def render_custom_columns(sql: str, columns: CustomColumns) -> str:
+    """`sql` with each `-- custom columns of <table>: <part>` line followed by that part for the
+    table's declared columns, at the line's indentation: `names` (of an insert), `values from
+    <jsonb>` (its values), `updates` (of `on conflict do update`), `updates, keeping <alias>'s when
+    excluded.updated_at is null`, `sets from <jsonb>` (of an update), `changed from <jsonb>` (a
+    condition of its where clause, ending in `and`)."""
+
+    def expand(marker: re.Match[str]) -> str:
+        table: Table = marker["table"]  # type: ignore[assignment]
+        indent = " " * len(marker["lead"])
+        lines = _fragment(columns.of(table), marker["part"])
+        return marker[0] + "".join(f"\n{indent}{line}" for line in lines)
+
+    return MARKER.sub(expand, sql)
+
+
+# The data clerk-sync keeps of each table's Clerk object, by field (as jsonb, for the row `t`):
+# what `migrate` fills a custom column from for rows already synced.
+KEPT: dict[Table, dict[str, str]] = {
+    "users": {
+        "public_metadata": "t.public_metadata",
+        "unsafe_metadata": "t.unsafe_metadata",
+        "private_metadata": "(select m.private_metadata from clerk_sync.private_metadata as m "
+        "where m.user_id = t.id)",
+        **{
+            field: f"pg_catalog.to_jsonb(t.{field})"
+            for field in ("username", "first_name", "last_name", "image_url", "external_id")
+        },
+    },
+    "organizations": {
+        "public_metadata": "t.public_metadata",
+        **{
+            field: f"pg_catalog.to_jsonb(t.{field})"
+            for field in ("name", "slug", "image_url", "created_by")
+        },
+    },
+    "organization_memberships": {
+        "public_metadata": "t.public_metadata",
+        "role": "pg_catalog.to_jsonb(t.role)",
+    },
+}
+
+
+def fill_sql(column: CustomColumn) -> tuple[str, bool]:
+    """The UPDATE that fills a custom column for every row from the data clerk-sync keeps, and
+    whether that data holds its path (else it sets the default)."""
+    kept = KEPT[column.table].get(column.path[0])
+    value = column.default_sql if kept is None else column.value_sql(kept, column.path[1:])
+    return f"update public.{column.table} as t set {column.quoted} = {value}", kept is not None
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def custom_columns_sql(columns: CustomColumns, retype: frozenset[str] = frozenset()) -> str:
+    """Add and fill (or check) each declared column, and forget those no longer declared (the
+    columns in `retype` are dropped first when their type differs)."""
+    calls = []
+    for column in columns.columns:
+        fill, kept = fill_sql(column)
+        arguments = ", ".join(
+            [
+                _quote(column.table),
+                _quote(column.name),
+                _quote(column.type),
+                _quote(column.dotted_path),
+                _quote(column.default_sql),
+                _quote(fill),
+                "true" if kept else "false",
+                "true" if column.label in retype else "false",
+            ]
+        )
+        calls.append(f"perform clerk_sync.apply_custom_column({arguments});")
+    declared = ", ".join(_quote(column.label) for column in columns.columns)
+    calls.append(f"perform clerk_sync.forget_custom_columns(array[{declared}]::text[]);")
+    body = "\n".join(calls)
+    return f"do $clerk_sync_columns$ begin\n{body}\nend $clerk_sync_columns$;\n"
 
 
 def latest_version() -> int:
@@ -169,11 +305,24 @@ def check_applied_sql() -> str:
     return CHECK_APPLIED_SQL.format(files=files)
 
 
-async def migrate(conn: Connection) -> list[Migration | Repeatable]:
+async def migrate(
+    conn: Connection,
+    columns: CustomColumns | None = None,
+    retype: frozenset[str] = frozenset(),
+) -> list[Migration | Repeatable]:
     """Apply what is pending: versioned files not yet applied, then repeatable files whose
-    text changed (and the lock-down, when anything was). Returns what it applied (none when
-    current); AppliedMigrationChanged when an applied versioned file has changed."""
+    text changed (and the lock-down, when anything was), then the custom columns (by default
+    the configured ones; what they did is said in notices). Returns the files it applied (none
+    when current); AppliedMigrationChanged when an applied versioned file has changed,
+    CustomColumnRetyped when a custom column has another type and is not in `retype`."""
     import asyncpg
+
+    columns = configured() if columns is None else columns
+    for label in sorted(label for label in retype if columns.find(label) is None):
+        raise ConfigError(
+            f"--retype {label}: no such column in {columns.source or 'clerk-sync.toml'} "
+            "(name it as table.column, e.g. users.credits)"
+        )
 
     async with conn.transaction():
         await conn.execute(MIGRATION_LOCK)
@@ -199,13 +348,19 @@ async def migrate(conn: Connection) -> list[Migration | Repeatable]:
             row[0]: row[1]
             for row in await conn.fetch("select name, checksum from clerk_sync.schema_repeatables")
         }
-        for repeatable in repeatables():
+        for repeatable in repeatables(columns):
             changed = recorded.get(repeatable.name) != repeatable.checksum
             if changed or (repeatable.name == LOCK_DOWN and applied):
                 await conn.execute(repeatable.sql)
                 await conn.execute(RECORD_REPEATABLE_SQL, repeatable.name, repeatable.checksum)
                 if changed:
                     applied.append(repeatable)
+        try:
+            await conn.execute(custom_columns_sql(columns, retype))
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == RETYPED_SQLSTATE:
+                raise CustomColumnRetyped(str(exc)) from None
+            raise
     return applied
 
 
@@ -215,10 +370,11 @@ async def current_version(conn: Connection) -> int:
     return int(await conn.fetchval(CURRENT_VERSION_SQL)) if exists else 0
 
 
-def render_schema() -> str:
+def render_schema(columns: CustomColumns | None = None) -> str:
     """Everything `migrate` runs, as one script that can be applied more than once: each
-    versioned file guarded by its record, each repeatable file by its checksum, and the
-    lock-down at the end."""
+    versioned file guarded by its record, each repeatable file by its checksum, the lock-down
+    at the end, then the custom columns (by default the configured ones)."""
+    columns = configured() if columns is None else columns
     parts = [
         "-- clerk-sync schema (printed by `clerk-sync schema`). Apply it with your own tooling,",
         "-- e.g. save it as supabase/migrations/<timestamp>_clerk_sync.sql and run `supabase db push`.",
@@ -238,7 +394,7 @@ def render_schema() -> str:
             f"values ({m.version}, '{m.name}', '{m.checksum}');\n"
             "end if;\nend $clerk_sync_migration$;\n"
         )
-    for r in repeatables():
+    for r in repeatables(columns):
         parts.append(f"-- repeatable {r.label}")
         guard = (
             "true"
@@ -255,5 +411,7 @@ def render_schema() -> str:
             "checksum = excluded.checksum, applied_at = now();\n"
             "end if;\nend $clerk_sync_repeatable$;\n"
         )
+    parts.append("-- custom columns (clerk-sync.toml)")
+    parts.append(custom_columns_sql(columns))
     parts.append("commit;")
     return "\n".join(parts) + "\n"

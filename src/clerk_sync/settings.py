@@ -15,6 +15,7 @@ import binascii
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from clerk_sync.custom_columns import CustomColumns, load_custom_columns
 from clerk_sync.errors import ConfigError
 
 SECRET_PREFIX = "whsec_"
@@ -291,7 +293,16 @@ class Settings(BaseSettings):
         default=3, ge=0, validation_alias="CLERK_SYNC_PAYLOAD_RETENTION_DAYS"
     )
 
+    # The columns file (clerk-sync.toml in the working directory when not set): custom_columns.py.
+    config_file: Path | None = Field(default=None, validation_alias="CLERK_SYNC_CONFIG")
+
+    @cached_property
+    def custom_columns(self) -> CustomColumns:
+        """The columns the file declares (ConfigError naming the file and the entry)."""
+        return load_custom_columns(self.config_file)
+
     @field_validator(
+        "config_file",
         "webhook_secret",
         "database_url",
         "supabase_url",
@@ -429,10 +440,12 @@ def load_settings(**flags: Any) -> Settings:
     """Settings from flags (those given), the environment and `.env`; ConfigError if invalid."""
     given = {name: value for name, value in flags.items() if value is not None}
     try:
-        return Settings(**given)
+        settings = Settings(**given)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else ""
         variable = variables(field)[0] if field in Settings.model_fields else field
         message = str(error["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{variable}: {message}") from None
+    settings.custom_columns  # noqa: B018 (read at start: a malformed file stops the command now)
+    return settings

@@ -53,3 +53,88 @@ as $$
                     pg_catalog.jsonb_build_object('id', p_primary_id))
            end
 $$;
+
+-- Custom columns (clerk-sync.toml: custom_columns.py). Each converts a JSON value to the column's
+-- type when its JSON type fits, else gives null (the write path then sets the column's default):
+-- string → text; integral number in range → integer, bigint; number → numeric; true/false →
+-- boolean; any value → jsonb; array of strings → text[]; whole milliseconds → timestamptz. JSON
+-- null is null. custom_columns.convert applies the same rules in Python.
+create or replace function clerk_sync.to_text(p_value jsonb)
+returns text
+language sql
+immutable
+parallel safe
+as $$
+    select case pg_catalog.jsonb_typeof(p_value) when 'string' then p_value #>> '{}' end
+$$;
+
+create or replace function clerk_sync.to_bigint(p_value jsonb)
+returns bigint
+language sql
+immutable
+parallel safe
+as $$
+    select case pg_catalog.jsonb_typeof(p_value) when 'number' then
+        case when p_value::numeric = pg_catalog.trunc(p_value::numeric)
+                  and p_value::numeric between -9223372036854775808 and 9223372036854775807
+             then p_value::numeric::bigint end
+    end
+$$;
+
+create or replace function clerk_sync.to_integer(p_value jsonb)
+returns integer
+language sql
+immutable
+parallel safe
+as $$
+    select case when clerk_sync.to_bigint(p_value) between -2147483648 and 2147483647
+                then clerk_sync.to_bigint(p_value)::integer end
+$$;
+
+create or replace function clerk_sync.to_numeric(p_value jsonb)
+returns numeric
+language sql
+immutable
+parallel safe
+as $$
+    select case pg_catalog.jsonb_typeof(p_value) when 'number' then p_value::numeric end
+$$;
+
+create or replace function clerk_sync.to_boolean(p_value jsonb)
+returns boolean
+language sql
+immutable
+parallel safe
+as $$
+    select case pg_catalog.jsonb_typeof(p_value) when 'boolean' then p_value::boolean end
+$$;
+
+create or replace function clerk_sync.to_jsonb(p_value jsonb)
+returns jsonb
+language sql
+immutable
+parallel safe
+as $$
+    select case when pg_catalog.jsonb_typeof(p_value) <> 'null' then p_value end
+$$;
+
+-- Not inlined (its subquery): a call per row written, only where a text[] column is declared.
+create or replace function clerk_sync.to_text_array(p_value jsonb)
+returns text[]
+language sql
+immutable
+parallel safe
+as $$
+    select case when pg_catalog.jsonb_typeof(p_value) = 'array'
+                 and not pg_catalog.jsonb_path_exists(p_value, 'strict $[*] ? (@.type() != "string")')
+           then array(select pg_catalog.jsonb_array_elements_text(p_value)) end
+$$;
+
+create or replace function clerk_sync.to_timestamptz(p_value jsonb)
+returns timestamptz
+language sql
+immutable
+parallel safe
+as $$
+    select case when clerk_sync.is_ms(p_value) then clerk_sync.ms_to_timestamptz(p_value) end
+$$;

@@ -209,10 +209,12 @@ begin
                       else v_event.data -> 'organization' end;
         if not v_org_deleted then
             insert into public.organizations as o (
+                -- custom columns of organizations: names
                 id, name, slug, image_url, created_by, public_metadata, max_allowed_memberships,
                 admin_delete_enabled, created_at, updated_at
             )
             values (
+                -- custom columns of organizations: values from v_org
                 v_event.organization_id,
                 v_org ->> 'name',
                 v_org ->> 'slug',
@@ -225,6 +227,7 @@ begin
                 clerk_sync.ms_to_timestamptz(v_org -> 'updated_at')
             )
             on conflict (id) do update set
+                -- custom columns of organizations: updates
                 name = excluded.name,
                 slug = excluded.slug,
                 image_url = excluded.image_url,
@@ -302,10 +305,12 @@ begin
                           and m.deleted_at is null;
                     end if;
                     insert into public.organization_memberships as m (
+                        -- custom columns of organization_memberships: names
                         id, organization_id, user_id, role, permissions, public_metadata,
                         created_at, updated_at
                     )
                     values (
+                        -- custom columns of organization_memberships: values from v_event.data
                         v_member_id,
                         v_event.organization_id,
                         v_event.user_id,
@@ -320,6 +325,7 @@ begin
                         v_version
                     )
                     on conflict (id) do update set
+                        -- custom columns of organization_memberships: updates
                         role = excluded.role,
                         permissions = excluded.permissions,
                         public_metadata = excluded.public_metadata,

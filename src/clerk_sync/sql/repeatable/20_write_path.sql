@@ -296,11 +296,14 @@ begin
     -- each other's rows): a new profile, a later sign-in, a soft delete.
     upserted as (
         insert into public.users as u (
+            -- custom columns of users: names
             id, email, email_verified, phone, username, first_name, last_name, image_url,
             external_id, public_metadata, unsafe_metadata, banned, created_at, updated_at,
             last_sign_in_at, deleted_at
         )
-        select p.user_id,
+        select
+               -- custom columns of users: values from p.profile
+               p.user_id,
                e.entry ->> 'email_address',
                coalesce(e.entry -> 'verification' ->> 'status' = 'verified', false),
                ph.entry ->> 'phone_number',
@@ -326,6 +329,7 @@ begin
                or (p.has_row and (p.deleted
                                   or p.sign_in > coalesce(p.row_sign_in, '-infinity'))))
         on conflict (id) do update set
+            -- custom columns of users: updates, keeping u's when excluded.updated_at is null
             email = case when excluded.updated_at is null then u.email else excluded.email end,
             email_verified = case when excluded.updated_at is null then u.email_verified
                                   else excluded.email_verified end,
@@ -377,6 +381,27 @@ begin
         on conflict (user_id) do update set last_sign_in_at = excluded.last_sign_in_at
         where s.last_sign_in_at < excluded.last_sign_in_at
         returning s.user_id
+    ),
+    -- The newest profile's private_metadata, kept in clerk_sync (only when not empty) to fill a
+    -- custom column on a private_metadata path added later, without calling Clerk.
+    private_kept as (
+        insert into clerk_sync.private_metadata as m (user_id, private_metadata)
+        select p.user_id, p.profile -> 'private_metadata' from per_user as p
+        where not p.deleted
+          and pg_catalog.jsonb_typeof(p.profile -> 'private_metadata') = 'object'
+          and p.profile -> 'private_metadata' <> '{}'
+        on conflict (user_id) do update set private_metadata = excluded.private_metadata
+        returning m.user_id
+    ),
+    private_dropped as (
+        delete from clerk_sync.private_metadata as m
+        using per_user as p
+        where m.user_id = p.user_id
+          and (p.deleted
+               or (p.profile is not null
+                   and coalesce(pg_catalog.jsonb_typeof(p.profile -> 'private_metadata') <> 'object'
+                                or p.profile -> 'private_metadata' = '{}', true)))
+        returning m.user_id
     ),
     -- A dead letter's row becomes the handled delivery's: it keeps its first received_at (as
     -- a replay does), and the resend counts as a replay.
