@@ -1209,3 +1209,26 @@ def test_a_run_left_open_before_invitations_takes_them_on_and_resumes(
         ["users", "invitations"], "invitations", backfilling.RESOURCE_NAMES
     )
     assert backfilling._extends(["users"], "users", ["users", "invitations"])
+
+
+def test_an_invitation_is_written_as_the_webhook_of_its_status() -> None:
+    listed = {"id": "orginv_1", "organization_id": "org_1", "status": "pending"}
+    event = backfilling.INVITATIONS.event
+    assert event(listed) == {
+        "object": "event",
+        "type": "organizationInvitation.created",
+        "data": listed,
+    }
+    for status in ("accepted", "revoked"):
+        assert event({**listed, "status": status})["type"] == f"organizationInvitation.{status}"
+    expired = event({**listed, "status": "expired"})
+    assert (expired["type"], expired["data"]["status"]) == (
+        "organizationInvitation.created",
+        "pending",
+    )
+    # A status Clerk may add one day is kept as sent (the row says it), written as .created.
+    assert event({**listed, "status": "declined"})["data"]["status"] == "declined"
+    # The instance-wide list names the organization in public_organization_data too.
+    bare = {"id": "orginv_2", "status": "pending", "public_organization_data": {"id": "org_2"}}
+    assert event(bare)["data"]["organization_id"] == "org_2"
+    assert "organization_id" not in bare  # the listed object itself is left as it was
