@@ -1,6 +1,6 @@
 """A small async client for the parts of Clerk's Backend API that clerk-sync reads: the lists of
-users, organizations, memberships and organization invitations (`backfill`), one user and the instance's JWKS (session
-sync).
+users, organizations, memberships and organization invitations (`backfill`), one user and the
+instance's JWKS (session sync).
 
 Why not Clerk's SDK (`clerk-backend-api`)? It parses every user into its pydantic models, and
 `backfill` needs each user as raw JSON, exactly as a webhook's `data` carries it, to feed the same
