@@ -1,11 +1,12 @@
-"""Time `clerk-sync backfill` of users, organizations and memberships from the Backend API
-stand-in, end to end.
+"""Time `clerk-sync backfill` of users, organizations, memberships and invitations from the
+Backend API stand-in, end to end.
 
     .venv/bin/python -m bench.backfill [--users 10000] [--organizations 10000]
-        [--memberships 50000] [--database-url DSN]
+        [--memberships 50000] [--invitations 20000] [--database-url DSN]
 
-Serves realistic users, organizations and memberships (each membership of one of the users in
-one of the organizations, its organization embedded) from the stand-in in tests/clerk_standin.py
+Serves realistic users, organizations, memberships (each membership of one of the users in
+one of the organizations, its organization embedded) and invitations (spread over the
+organizations, pending, accepted and revoked) from the stand-in in tests/clerk_standin.py
 (Clerk's wire format, on a real HTTP port, no injected faults), creates a fresh database on
 DATABASE_URL's server (default the local PostgreSQL at 127.0.0.1:5432), and runs `python -m
 clerk_sync backfill` against both as a user would: first into the empty tables (everything
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--organizations", type=int, default=10_000)
     parser.add_argument("--memberships", type=int, default=50_000)
+    parser.add_argument("--invitations", type=int, default=20_000)
     parser.add_argument(
         "--database-url", default=os.environ.get("DATABASE_URL", support.SHARED_SERVER_DSN)
     )
@@ -63,8 +65,11 @@ def main() -> None:
         )
         if organizations
         else [],
+        invitations=clerk_standin.clerk_invitations(args.invitations, organizations)
+        if organizations
+        else [],
     )
-    objects = args.users + args.organizations + len(standin.memberships)
+    objects = args.users + args.organizations + len(standin.memberships) + len(standin.invitations)
     dsn = support.create_database(args.database_url, migrate=True)
     try:
         with clerk_standin.running(standin), tempfile.TemporaryDirectory() as cwd:

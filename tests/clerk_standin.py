@@ -9,7 +9,12 @@ answers the user object, or Clerk's 404 body; `GET /v1/jwks` answers the instanc
 Set `{"keys": [...]}`. `GET /v1/organizations` and the instance-wide `GET
 /v1/organization_memberships` answer `{"data": [...], "total_count": N}` with the same `limit`,
 `offset` and `order_by` rules (each membership embeds its organization as it is now, and
-`public_user_data`); `GET /v1/organizations/{id}` answers the organization or 404, and `GET
+`public_user_data`); the instance-wide `GET /v1/organization_invitations` answers its
+invitations the same way (`order_by` also by `email_address`; each with
+`public_organization_data`, as Clerk's instance-wide list does, and without the `user_id` that
+only the `organizationInvitation.accepted` webhook carries), filtered by `status` (repeated, or
+comma-separated: `pending`, `accepted`, `revoked`, `expired`, which is a pending one past its
+`expires_at`; another value is 422); `GET /v1/organizations/{id}` answers the organization or 404, and `GET
 /v1/organizations/{id}/memberships` its memberships (repeated `user_id` filters, at most 100),
 or 404 for an organization it does not have. A wrong bearer key gets Clerk's 401 body. Faults are injected by request
 number (429 with `Retry-After`, 500) or by offset (a hard failure), and every request is logged.
@@ -134,7 +139,61 @@ def clerk_memberships(
     ]
 
 
-LISTS = ("/v1/users", "/v1/organizations", "/v1/organization_memberships")
+def clerk_invitation(
+    index: int,
+    organization: dict[str, Any],
+    *,
+    status: str = "pending",
+    updated_at: int | None = None,
+    expires_at: int | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The index-th invitation, to `organization`, as GET /v1/organization_invitations answers
+    it (no user_id: the list does not say who accepted; the accepted webhook does)."""
+    created_at = BASE_CREATED_AT + index * 100 + 70
+    invitation: dict[str, Any] = {
+        "object": "organization_invitation",
+        "id": f"orginv_{index:07d}bf",
+        "email_address": f"invitee{index}@example.com",
+        "role": "org:member",
+        "role_name": "Member",
+        "organization_id": organization["id"],
+        "inviter_id": organization.get("created_by"),
+        "public_inviter_data": None,
+        "status": status,
+        "public_metadata": {"source": "standin"},
+        "private_metadata": {"secret": "never stored"},
+        "url": f"https://accounts.example.com/accept?token=secret{index}",
+        "expires_at": expires_at if expires_at is not None else created_at + 30 * 86_400_000,
+        "created_at": created_at,
+        "updated_at": updated_at if updated_at is not None else created_at + 10,
+    }
+    invitation.update(fields)
+    return invitation
+
+
+def clerk_invitations(count: int, organizations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`count` invitations spread over the organizations: every 7th accepted, every 11th
+    revoked, the rest pending (and, 30 days after a creation in 2023, past their expires_at:
+    expired, to Clerk's status filter)."""
+    return [
+        clerk_invitation(
+            i,
+            organizations[i % len(organizations)],
+            status="accepted" if i % 7 == 3 else "revoked" if i % 11 == 5 else "pending",
+        )
+        for i in range(count)
+    ]
+
+
+INVITATION_STATUSES = ("pending", "accepted", "revoked", "expired")
+
+LISTS = (
+    "/v1/users",
+    "/v1/organizations",
+    "/v1/organization_memberships",
+    "/v1/organization_invitations",
+)
 
 
 @dataclass
@@ -154,6 +213,7 @@ class StandIn:
     users: list[dict[str, Any]] = field(default_factory=list)
     organizations: list[dict[str, Any]] = field(default_factory=list)
     memberships: list[dict[str, Any]] = field(default_factory=list)
+    invitations: list[dict[str, Any]] = field(default_factory=list)
     # Users (organizations, memberships) that the lists leave out but a lookup still finds: as if
     # the list pages moved under a reader.
     unlisted: set[str] = field(default_factory=set)
@@ -284,6 +344,7 @@ class StandIn:
             "/v1/users": lambda: self.users,
             "/v1/organizations": lambda: self.organizations,
             "/v1/organization_memberships": lambda: self.memberships,
+            "/v1/organization_invitations": lambda: self.invitations,
         }[path]()
         wanted = set(query.get("user_id", [])) if path == "/v1/users" else set()
         asked = query.get("offset", ["0"])[0]
@@ -300,12 +361,36 @@ class StandIn:
             if self.before_page is not None and path == "/v1/users":
                 self.before_page(offset)
             objects = [o for o in objects if o["id"] not in self.unlisted]
+        if path == "/v1/organization_invitations":
+            statuses = [s for v in query.get("status", []) for s in v.split(",") if s]
+            if any(s not in INVITATION_STATUSES for s in statuses):
+                return 422, {}, _errors("Invalid status", None, "form_param_value_invalid")
+            if statuses:
+                objects = [o for o in objects if _invitation_status(o) in statuses]
+            return self._paged(
+                objects,
+                query,
+                wrapped=True,
+                present=self._with_organization,
+                orders=("created_at", "email_address"),
+            )
         return self._paged(
             objects,
             query,
             wrapped=path != "/v1/users" or self.wrap_pages,
             present=self._embedded if path == "/v1/organization_memberships" else None,
         )
+
+    def _with_organization(self, invitations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """These invitations with their organization's public data, as the instance-wide list
+        answers them (OrganizationInvitationWithPublicOrganizationData)."""
+        by_id = {o["id"]: o for o in self.organizations}
+        answered = []
+        for invitation in invitations:
+            org = by_id.get(invitation["organization_id"], {"id": invitation["organization_id"]})
+            public = {k: org.get(k) for k in ("id", "name", "slug", "image_url", "has_image")}
+            answered.append({**invitation, "public_organization_data": public})
+        return answered
 
     def _paged(
         self,
@@ -314,8 +399,10 @@ class StandIn:
         *,
         wrapped: bool,
         present: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+        orders: tuple[str, ...] = ("created_at",),
     ) -> tuple[int, dict[str, str], Any]:
-        """A page of `objects` by `limit` (1..500), `offset` and `order_by` (±created_at)."""
+        """A page of `objects` by `limit` (1..500), `offset` and `order_by` (± one of
+        `orders`)."""
         try:
             limit = int(query.get("limit", ["10"])[0])
             offset = int(query.get("offset", ["0"])[0])
@@ -328,19 +415,29 @@ class StandIn:
                 _errors("limit must be between 1 and 500", None, "form_param_value_invalid"),
             )
         order_by = query.get("order_by", ["-created_at"])[0]
-        if order_by.lstrip("+-") != "created_at":
+        key = order_by.lstrip("+-")
+        if key not in orders:
             return (
                 422,
                 {},
                 _errors("unsupported order_by for this stand-in", None, "form_param_value_invalid"),
             )
-        objects = sorted(objects, key=lambda o: o["created_at"], reverse=order_by.startswith("-"))
+        objects = sorted(objects, key=lambda o: o[key], reverse=order_by.startswith("-"))
         page = objects[offset : offset + limit]
         if present is not None:
             page = present(page)
         if wrapped:
             return 200, {}, {"data": page, "total_count": len(objects)}
         return 200, {}, page
+
+
+def _invitation_status(invitation: dict[str, Any]) -> str:
+    """What Clerk's status filter matches: a pending invitation past its expires_at is expired."""
+    status = str(invitation.get("status"))
+    expires_at = invitation.get("expires_at")
+    if status == "pending" and isinstance(expires_at, int) and expires_at < time.time() * 1000:
+        return "expired"
+    return status
 
 
 def _errors(message: str, long_message: str | None, code: str) -> dict[str, Any]:

@@ -140,9 +140,10 @@ def test_10000_users_then_a_rerun_changes_nothing(bdb: str, standin: StandIn) ->
     runs = support.fetch(
         bdb, "select resource, next_offset, outcome, counts from clerk_sync.backfill_runs"
     )
-    # Users, then organizations, then memberships (none of either): it ended on the last.
+    # Users, then organizations, memberships and invitations (none of them): it ended on the
+    # last.
     assert [(r["resource"], r["next_offset"], r["outcome"]) for r in runs] == [
-        ("memberships", 0, "completed")
+        ("invitations", 0, "completed")
     ]
     assert json.loads(runs[0]["counts"])["users"]["created"] == 10_000
     assert scalar(bdb, "select count(*) from clerk_sync.backfill_seen") == 0  # forgotten when done
@@ -456,13 +457,15 @@ def test_the_command_end_to_end(bdb: str, standin: StandIn, tmp_path: Path) -> N
 
     first = cli([], env, tmp_path)
     assert first.returncode == 3, first.stderr
-    users_line, organizations_line, memberships_line = first.stdout.strip().splitlines()
+    users_line, organizations_line, memberships_line, invitations_line = (
+        first.stdout.strip().splitlines()
+    )
     assert users_line.startswith("backfill complete: 1200 users listed in ")
     assert users_line.endswith(
         "created 1200, updated 0, unchanged 0, stale 0, deleted 0, errors 0 (drift repaired)"
     )
     assert organizations_line.startswith("backfill complete: 0 organizations listed in ")
-    assert memberships_line.endswith("(in sync)")
+    assert memberships_line.endswith("(in sync)") and invitations_line.endswith("(in sync)")
     assert "clerk-sync: backfill: 1200/1200 users" in first.stderr  # plain lines: not a terminal
     assert scalar(bdb, "select count(*) from public.users") == 1200
 
@@ -621,6 +624,7 @@ def test_organizations_and_memberships_are_copied_one_request_a_page(
         "/v1/users",
         *["/v1/organizations"] * 3,
         *["/v1/organization_memberships"] * 3,
+        "/v1/organization_invitations",
     ]
     assert standin.page_offsets("/v1/organizations") == [0, 500, 1000]
     assert all(r.query["limit"] == ["500"] for r in standin.log if r.path != "/v1/users/count")
@@ -730,19 +734,27 @@ def test_an_interrupted_run_resumes_in_the_middle_of_the_organizations(
     assert scalar(bdb, "select count(*) from public.organizations") == 1600
 
 
+def broken_at_the_second_page_of_organizations_then_run(
+    bdb: str, standin: StandIn, first: BackfillOptions
+) -> tuple[BackfillResult, str]:
+    """A run with `first` stopped by Clerk at organizations offset 500, then a run of every
+    resource once Clerk is well: its result and its notes (the stand-in's log is the second's)."""
+    standin.broken_list, standin.broken_from_offset = "/v1/organizations", 500
+    with pytest.raises(ClerkAPIError):
+        run_backfill(bdb, standin, first, max_attempts=1)
+    standin.broken_from_offset = None
+    standin.log.clear()
+    notes = io.StringIO()
+    return run_backfill(bdb, standin, notes=notes), notes.getvalue()
+
+
 def test_a_run_over_other_resources_does_not_resume_an_unfinished_one(
     bdb: str, standin: StandIn
 ) -> None:
     one_membership_per_org(standin, 600)
-    standin.broken_list, standin.broken_from_offset = "/v1/organizations", 500
     only_orgs = BackfillOptions(resources=("organizations",))
-    with pytest.raises(ClerkAPIError):
-        run_backfill(bdb, standin, only_orgs, max_attempts=1)
-    standin.broken_from_offset = None
-    standin.log.clear()
-    notes = io.StringIO()
-    result = run_backfill(bdb, standin, notes=notes)
-    assert "an unfinished backfill of organizations is abandoned" in notes.getvalue()
+    result, notes = broken_at_the_second_page_of_organizations_then_run(bdb, standin, only_orgs)
+    assert "an unfinished backfill of organizations is abandoned" in notes
     assert standin.page_offsets("/v1/organizations") == [0, 500]
     assert (
         result.of("organizations").tally.unchanged,
@@ -852,14 +864,19 @@ def test_prune_of_organizations_and_memberships_and_its_guard(bdb: str, standin:
 
 
 def test_only_some_resources(bdb: str, standin: StandIn) -> None:
-    assert backfilling.select_resources([]) == ("users", "organizations", "memberships")
-    assert backfilling.select_resources(["memberships", "users"]) == ("users", "memberships")
-    assert backfilling.select_resources(["organizations, Memberships"]) == (
+    assert backfilling.select_resources([]) == (
+        "users",
         "organizations",
         "memberships",
+        "invitations",
     )
-    with pytest.raises(ValueError, match="--only: 'invitations' is not one of users, "):
-        backfilling.select_resources(["users,invitations"])
+    assert backfilling.select_resources(["memberships", "users"]) == ("users", "memberships")
+    assert backfilling.select_resources(["invitations, Memberships"]) == (
+        "memberships",
+        "invitations",
+    )
+    with pytest.raises(ValueError, match="--only: 'domains' is not one of users, "):
+        backfilling.select_resources(["users,domains"])
 
     standin.users = clerk_users(5)
     one_membership_per_org(standin, 5)
@@ -892,7 +909,7 @@ def test_the_command_only_and_its_mistakes(bdb: str, standin: StandIn, tmp_path:
     wrong = cli(["--only", "users,teams"], env, tmp_path)
     assert wrong.returncode == 2
     assert wrong.stderr.splitlines() == [
-        "clerk-sync: --only: 'teams' is not one of users, organizations, memberships"
+        "clerk-sync: --only: 'teams' is not one of users, organizations, memberships, invitations"
     ]
 
     standin.log.clear()
@@ -924,6 +941,7 @@ def test_a_run_left_open_by_the_release_before_resumes(bdb: str, standin: StandI
     assert (result.of("users").tally.created, result.of("users").tally.unchanged) == (500, 200)
     assert result.of("organizations").tally.created == 3
     assert result.of("memberships").tally.created == 3
+    assert result.of("invitations").walked
 
 
 def test_the_prune_guard_holds_per_resource(bdb: str, standin: StandIn) -> None:
@@ -949,3 +967,268 @@ def test_the_prune_guard_holds_per_resource(bdb: str, standin: StandIn) -> None:
     assert result.of("organizations").tally.deleted == 0
     assert scalar(bdb, "select count(*) from public.organizations where deleted_at is null") == 10
     assert membership_row(bdb, standin.memberships[5]["id"])["deleted_at"] is not None  # user 7
+
+
+# --- invitations ----------------------------------------------------------------------------
+
+DAY_MS = 86_400_000
+
+
+def invitation_row(dsn: str, invitation_id: str) -> dict[str, Any]:
+    return support.fetch(
+        dsn, "select * from public.organization_invitations where id = $1", invitation_id
+    )[0]
+
+
+def invitations_per_org(standin: StandIn, organizations: int, count: int) -> None:
+    """`count` invitations over `organizations` organizations, open until a year from now
+    unless a test says otherwise."""
+    standin.organizations = clerk_standin.clerk_organizations(organizations)
+    in_a_year = int(time.time() * 1000) + 365 * DAY_MS
+    standin.invitations = [
+        {**x, "expires_at": in_a_year}
+        for x in clerk_standin.clerk_invitations(count, standin.organizations)
+    ]
+
+
+def test_invitations_are_copied_one_request_a_page_as_the_event_of_their_status(
+    bdb: str, standin: StandIn
+) -> None:
+    invitations_per_org(standin, 40, 1200)
+    inv = standin.invitations
+    past = clerk_standin.BASE_CREATED_AT + 10 * DAY_MS
+    inv[12] = {**inv[12], "expires_at": past}  # pending past its expires_at: expired
+    inv[20] = {**inv[20], "status": "expired", "expires_at": past}  # the listing may say so
+    standin.rate_limit_requests = {4}  # the first page of invitations: waited for, retried
+
+    result = run_backfill(bdb, standin)
+
+    invitations = result.of("invitations").tally
+    assert (invitations.created, invitations.errors) == (1200, 0)
+    assert result.retries["rate_limited"] == 1 and result.exit_status == backfilling.REPAIRED
+    # After the memberships, one request a page: every status (no filter), oldest first.
+    assert [r.path for r in standin.log if r.status == 200][-3:] == [
+        "/v1/organization_invitations"
+    ] * 3
+    assert standin.page_offsets("/v1/organization_invitations") == [0, 500, 1000]
+    assert all(
+        r.query == {"limit": ["500"], "offset": [str(r.offset)], "order_by": ["+created_at"]}
+        for r in standin.log
+        if r.path == "/v1/organization_invitations"
+    )
+    statuses = support.fetch(
+        bdb, "select status, count(*) as n from public.organization_invitations group by status"
+    )
+    expected = {"pending": 0, "accepted": 0, "revoked": 0}
+    for x in inv:
+        expected["pending" if x["status"] == "expired" else x["status"]] += 1
+    assert {r["status"]: r["n"] for r in statuses} == expected
+    row = invitation_row(bdb, inv[3]["id"])  # accepted
+    assert (row["organization_id"], row["email_address"], row["role"], row["inviter_id"]) == (
+        "org_000003bf",
+        "invitee3@example.com",
+        "org:member",
+        "user_000000bf",
+    )
+    assert row["user_id"] is None  # the listing does not say who accepted
+    assert row["public_metadata"] == '{"source": "standin"}'
+    assert "private_metadata" not in row and "url" not in row
+    assert row["updated_at"].timestamp() * 1000 == inv[3]["updated_at"]
+    # Expired, by either spelling: pending, its expires_at in the past.
+    for x in (inv[12], inv[20]):
+        expired = invitation_row(bdb, x["id"])
+        assert expired["status"] == "pending"
+        assert expired["expires_at"].timestamp() * 1000 == past
+    inbox = support.fetch(
+        bdb,
+        "select svix_id, event_type, payload -> 'data' ->> 'status' as status "
+        "from clerk_sync.inbox where svix_id = any($1::text[]) order by svix_id",
+        [f"backfill:{inv[i]['id']}:{inv[i]['updated_at']}" for i in (0, 3, 5, 20)],
+    )
+    assert [(r["event_type"], r["status"]) for r in inbox] == [
+        ("organizationInvitation.created", "pending"),
+        ("organizationInvitation.accepted", "accepted"),
+        ("organizationInvitation.revoked", "revoked"),
+        ("organizationInvitation.created", "pending"),
+    ]
+    # Never pruned, so the ids it listed are not kept.
+    assert scalar(bdb, "select count(*) from clerk_sync.inbox") == 40 + 1200
+    standin.log.clear()
+    again = run_backfill(bdb, standin)
+    assert again.of("invitations").tally.unchanged == 1200 and again.tally.drift == 0
+    assert again.exit_status == backfilling.IN_SYNC
+    assert scalar(bdb, "select count(*) from clerk_sync.inbox") == 40 + 1200
+    assert (
+        again.summary().splitlines()[3].startswith("backfill complete: 1200 invitations listed in ")
+    )
+
+
+def test_newer_invitation_rows_stay_and_a_deleted_organizations_are_not_revived(
+    bdb: str, standin: StandIn
+) -> None:
+    invitations_per_org(standin, 3, 9)  # invitation i in organization i % 3; 3 accepted, 5 revoked
+    inv = standin.invitations
+    # A webhook newer than the listing: kept.
+    newer = support.invitation_event(
+        "organizationInvitation.revoked",
+        inv[1]["id"],
+        inv[1]["organization_id"],
+        inv[1]["updated_at"] + 60_000,
+    )
+    assert apply_event(bdb, "w1", newer) == "applied"
+    # Accepted by webhook (which names the user); Clerk's copy changed since, and its listing
+    # does not name the user: the row keeps its user_id.
+    accepted = support.invitation_event(
+        "organizationInvitation.accepted",
+        inv[3]["id"],
+        inv[3]["organization_id"],
+        inv[3]["updated_at"],
+        user_id="user_accepted",
+    )
+    assert apply_event(bdb, "w2", accepted) == "applied"
+    inv[3] = {**inv[3], "role": "org:admin", "updated_at": inv[3]["updated_at"] + 1000}
+    # Organization 2 was deleted, and its invitations are still listed: none may come back.
+    deleted_org = {"object": "organization", "id": "org_000002bf", "deleted": True}
+    assert apply_event(bdb, "w3", event("organization.deleted", deleted_org)) == "applied"
+
+    dry = run_backfill(bdb, standin, BackfillOptions(dry_run=True))
+    result = run_backfill(bdb, standin)
+
+    stale = {inv[i]["id"] for i in (1, 2, 5, 8)}
+    for run in (dry, result):  # the dry run's prediction is what the write path does
+        t = run.of("invitations")
+        assert (t.tally.created, t.tally.updated, t.tally.stale, t.tally.errors) == (4, 1, 4, 0)
+        assert set(t.samples["stale"]) == stale and t.samples["updated"] == [inv[3]["id"]]
+    assert invitation_row(bdb, inv[1]["id"])["status"] == "revoked"
+    row = invitation_row(bdb, inv[3]["id"])
+    assert (row["role"], row["status"], row["user_id"]) == (
+        "org:admin",
+        "accepted",
+        "user_accepted",
+    )
+    assert (
+        scalar(
+            bdb,
+            "select count(*) from public.organization_invitations where organization_id = $1",
+            "org_000002bf",
+        )
+        == 0
+    )
+    again = run_backfill(bdb, standin)
+    assert again.tally.drift == 0 and again.of("invitations").tally.stale == 4
+
+
+def test_dry_run_of_invitations_writes_nothing_and_says_what_would_change(
+    bdb: str, standin: StandIn
+) -> None:
+    invitations_per_org(standin, 4, 20)
+    run_backfill(bdb, standin)
+    support.execute(bdb, CLEAN_BACKFILL_SQL)
+    inv = standin.invitations
+    inv[2] = {**inv[2], "status": "revoked", "updated_at": inv[2]["updated_at"] + 5000}
+    support.execute(bdb, f"delete from public.organization_invitations where id = '{inv[9]['id']}'")
+
+    def snapshot() -> tuple[Any, ...]:
+        return (
+            support.fetch(bdb, "select * from public.organization_invitations order by id"),
+            scalar(bdb, "select count(*) from clerk_sync.inbox"),
+            scalar(bdb, "select count(*) from clerk_sync.backfill_runs"),
+        )
+
+    before = snapshot()
+    result = run_backfill(bdb, standin, BackfillOptions(dry_run=True, resources=("invitations",)))
+    assert snapshot() == before
+    assert [r.resource for r in result.resources] == ["invitations"]
+    assert result.of("invitations").samples == {
+        "updated": [inv[2]["id"]],
+        "created": [inv[9]["id"]],
+    }
+    assert result.exit_status == backfilling.DRIFT_FOUND
+    assert result.summary() == (
+        "dry run, nothing written: 20 invitations listed; would have created 1, updated 1, "
+        "unchanged 18, stale 0, deleted 0, errors 0 (drift found)"
+    )
+
+
+def test_only_invitations_and_prune_leaves_them_alone(bdb: str, standin: StandIn) -> None:
+    invitations_per_org(standin, 2, 6)
+    result = run_backfill(bdb, standin, BackfillOptions(resources=("invitations",)))
+    assert result.of("invitations").tally.created == 6
+    assert {r.path for r in standin.log} == {"/v1/organization_invitations"}
+    assert scalar(bdb, "select count(*) from public.organizations") == 0  # kept all the same
+
+    # Gone from Clerk's list (its organization lives on): --prune does not cover invitations,
+    # whatever the share; there is no invitation delete event to apply.
+    gone = standin.invitations.pop(4)["id"]
+    standin.log.clear()
+    pruned = run_backfill(bdb, standin, BackfillOptions(prune=True, force=True))
+    assert pruned.of("invitations").tally.deleted == 0
+    assert pruned.of("invitations").tally.unchanged == 5
+    assert invitation_row(bdb, gone)["deleted_at"] is None
+    assert not any(
+        "invitation" in r.path for r in standin.log if r.path != "/v1/organization_invitations"
+    )
+    # Organizations pruned end their invitations, as organization.deleted does.
+    standin.organizations = standin.organizations[:1]
+    standin.invitations = [x for x in standin.invitations if x["organization_id"] == "org_000000bf"]
+    run_backfill(bdb, standin, BackfillOptions(prune=True, force=True))
+    ended = support.fetch(
+        bdb,
+        "select organization_id, deleted_at is not null as ended "
+        "from public.organization_invitations order by id",
+    )
+    assert {(r["organization_id"], r["ended"]) for r in ended} == {
+        ("org_000000bf", False),
+        ("org_000001bf", True),
+    }
+
+
+def test_a_run_left_open_before_invitations_takes_them_on_and_resumes(
+    bdb: str, standin: StandIn
+) -> None:
+    """A run of the release before (users, organizations, memberships) resumes where it was and
+    walks the invitations after them; one that would skip a resource is abandoned."""
+    standin.users = clerk_users(3)
+    one_membership_per_org(standin, 700)
+    standin.invitations = clerk_standin.clerk_invitations(4, standin.organizations)
+    three = BackfillOptions(resources=("users", "organizations", "memberships"))
+    result, notes = broken_at_the_second_page_of_organizations_then_run(bdb, standin, three)
+    assert "abandoned" not in notes
+    assert standin.page_offsets("/v1/users") == []
+    assert standin.page_offsets("/v1/organizations") == [500]
+    assert (result.of("organizations").tally.created, result.of("invitations").tally.created) == (
+        700,
+        4,
+    )
+    runs = support.fetch(bdb, "select resources, outcome from clerk_sync.backfill_runs")
+    assert [(list(r["resources"]), r["outcome"]) for r in runs] == [
+        (["users", "organizations", "memberships", "invitations"], "completed")
+    ]
+    assert not backfilling._extends(["organizations"], "organizations", backfilling.RESOURCE_NAMES)
+    assert not backfilling._extends(
+        ["users", "invitations"], "invitations", backfilling.RESOURCE_NAMES
+    )
+    assert backfilling._extends(["users"], "users", ["users", "invitations"])
+
+
+def test_an_invitation_is_written_as_the_webhook_of_its_status() -> None:
+    listed = {"id": "orginv_1", "organization_id": "org_1", "status": "pending"}
+    event = backfilling.INVITATIONS.event
+    assert event(listed) == {
+        "object": "event",
+        "type": "organizationInvitation.created",
+        "data": listed,
+    }
+    for status in ("accepted", "revoked"):
+        assert event({**listed, "status": status})["type"] == f"organizationInvitation.{status}"
+    expired = event({**listed, "status": "expired"})
+    assert (expired["type"], expired["data"]["status"]) == (
+        "organizationInvitation.created",
+        "pending",
+    )
+    # A status Clerk may add one day is kept as sent (the row says it), written as .created.
+    assert event({**listed, "status": "declined"})["data"]["status"] == "declined"
+    # The instance-wide list names the organization in public_organization_data too.
+    bare = {"id": "orginv_2", "status": "pending", "public_organization_data": {"id": "org_2"}}
+    assert event(bare)["data"]["organization_id"] == "org_2"
+    assert "organization_id" not in bare  # the listed object itself is left as it was

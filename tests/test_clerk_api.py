@@ -302,3 +302,90 @@ def test_organizations_and_memberships_are_confirmed_by_lookups(standin: StandIn
         ),
         ("/v1/organizations/org_gone/memberships", ["user_000000bf"], 404),
     ]
+
+
+# --- organization invitations -----------------------------------------------------------------
+
+
+def test_the_instance_wide_invitation_list_pages_as_documented(standin: StandIn) -> None:
+    with_organizations(standin, 30, 0)
+    standin.invitations = clerk_standin.clerk_invitations(1100, standin.organizations)
+    standin.organizations[4]["name"] = "Renamed since"  # public_organization_data is as it is now
+
+    async def go() -> list[Page]:
+        async with client(standin) as c:
+            return [await c.list_page("/organization_invitations", at) for at in (0, 500, 1000)]
+
+    pages = asyncio.run(go())
+    assert [len(p.items) for p in pages] == [500, 500, 100]
+    assert {p.total for p in pages} == {1100}
+    listed = [x for p in pages for x in p.items]
+    assert [x["id"] for x in listed] == [x["id"] for x in standin.invitations]  # oldest first
+    invitation = listed[94]  # organization 4, accepted
+    assert (invitation["status"], invitation["organization_id"]) == ("accepted", "org_000004bf")
+    assert "user_id" not in invitation  # the list does not say who accepted
+    assert invitation["public_organization_data"] == {
+        "id": "org_000004bf",
+        "name": "Renamed since",
+        "slug": "org-4",
+        "image_url": "https://img.clerk.com/org.png",
+        "has_image": False,
+    }
+    assert [r.path for r in standin.log] == ["/v1/organization_invitations"] * 3
+    assert standin.log[1].query == {
+        "limit": ["500"],
+        "offset": ["500"],
+        "order_by": ["+created_at"],
+    }
+
+
+def test_the_stand_ins_invitation_filters_follow_clerks(standin: StandIn) -> None:
+    """Not the client's (it lists every status): the stand-in's `status` filter and `order_by`,
+    as Clerk documents them, so that what the tests serve is what Clerk would."""
+    with_organizations(standin, 2, 0)
+    now_ms = int(time.time() * 1000)
+    inv = clerk_standin.clerk_invitations(8, standin.organizations)
+    inv[0]["expires_at"] = now_ms + 86_400_000  # still open; the other pending ones expired
+    standin.invitations = inv
+
+    def ask(query: str) -> tuple[int, list[str]]:
+        status, _, body = standin.answer(
+            "GET",
+            f"/v1/organization_invitations?{query}",
+            {"authorization": f"Bearer {standin.secret_key}"},
+        )
+        return status, [x["id"][-4:-2] for x in body["data"]] if status == 200 else []
+
+    # Clerk's default order is newest first.
+    assert ask("status=pending&limit=10") == (200, ["00"])
+    assert ask("status=expired&limit=10") == (200, ["07", "06", "04", "02", "01"])
+    assert ask("status=accepted&status=revoked&limit=10") == (200, ["05", "03"])
+    assert ask("status=accepted,revoked&order_by=%2Bcreated_at&limit=10") == (200, ["03", "05"])
+    assert ask("order_by=-email_address&limit=2") == (200, ["07", "06"])
+    assert ask("status=open")[0] == 422
+    assert ask("order_by=%2Bname")[0] == 422
+
+
+def test_the_invitation_list_refuses_what_clerk_refuses_and_retries_a_429(
+    standin: StandIn,
+) -> None:
+    with_organizations(standin, 1, 0)
+    standin.invitations = clerk_standin.clerk_invitations(3, standin.organizations)
+
+    async def go(limit: int = 500, key: str | None = None, sleeps: Sleeps | None = None) -> Page:
+        async with ClerkClient(
+            key or standin.secret_key, standin.url, sleep=sleeps or Sleeps(), max_attempts=3
+        ) as c:
+            return await c.list_page("/organization_invitations", 0, limit)
+
+    with pytest.raises(ClerkAPIError, match="answered 422: limit must be between 1 and 500"):
+        asyncio.run(go(501))
+    standin.log.clear()
+    standin.rate_limit_requests, standin.retry_after = {1}, "3"
+    sleeps = Sleeps()
+    assert len(asyncio.run(go(sleeps=sleeps)).items) == 3
+    assert sleeps.waits == [3.0] and [r.status for r in standin.log] == [429, 200]
+    standin.log.clear()
+    with pytest.raises(ClerkAuthError, match=r"CLERK_SECRET_KEY was rejected \(401\)"):
+        asyncio.run(go(key="sk_test_wrong"))
+    assert len(standin.log) == 1

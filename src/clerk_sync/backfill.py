@@ -1,15 +1,18 @@
-"""`clerk-sync backfill`: copy every Clerk user, organization and membership into the synced
-tables, and repair drift.
+"""`clerk-sync backfill`: copy every Clerk user, organization, membership and organization
+invitation into the synced tables, and repair drift.
 
 Webhooks only carry changes, so what existed before the endpoint did, and events lost while it
 was down for longer than Svix retries, never arrive. A backfill reads, from the Backend API,
 every user (`GET /v1/users`), then every organization (`GET /v1/organizations`), then every
 membership of the instance (`GET /v1/organization_memberships`: one walk, not one per
-organization), each oldest first (`order_by=+created_at`, 500 a page, one request a page; new
-ones land at the end, so pages stay put). It writes each object as its `.updated` event
-through `public.clerk_sync_apply_batch`, the webhooks' own write path. So a row that a webhook
+organization), then every invitation of the instance (`GET /v1/organization_invitations`, every
+status), each oldest first (`order_by=+created_at`, 500 a page, one request a page; new ones
+land at the end, so pages stay put). It writes each object as its `.updated` event (an
+invitation: as the event of its status, see `_invitation_event`) through
+`public.clerk_sync_apply_batch`, the webhooks' own write path. So a row that a webhook
 has made newer is left alone (`stale`), a deleted user, organization or membership is not
-revived, and running it twice, or alongside live webhooks, is safe. Organizations come before
+revived (nor an invitation of a deleted organization), and running it twice, or alongside live
+webhooks, is safe. Organizations come before
 memberships (each membership carries its organization, and writes it when that is newer, but
 the organizations' own walk is what keeps them current).
 
@@ -21,14 +24,17 @@ Each page is classified against the database first (created / updated / unchange
 only objects that need a write are sent: a nightly run over in-sync tables writes nothing but its
 progress. A page's writes, the ids it listed and the run's next position (resource and offset)
 commit in one transaction, so an interrupted run resumes at the first page it had not committed,
-in the resource it was on.
+in the resource it was on (a run left open by a release that walked fewer resources takes on
+those after it, and resumes).
 
 `--prune` deletes (as `user.deleted`, `organization.deleted` and `organizationMembership.deleted`
-do) rows that Clerk no longer lists. Offset pagination skips an object when another is deleted
-mid-run, so each candidate is looked up in Clerk before it is deleted, and objects created after
-the run started are never candidates. A guard, per resource, refuses when more than a share of
-its rows (10% by default) would go, which is what a key for another Clerk instance would
-otherwise cause.
+do) rows that Clerk no longer lists. Not invitations: there is no event that deletes one (its
+list keeps revoked, accepted and expired ones: its status filter names them), and an invitation
+ends with its organization (`organization.deleted`, or that organization's prune). Offset
+pagination skips an object when another is deleted mid-run, so each candidate is looked up in
+Clerk before it is deleted, and objects created after the run started are never candidates. A
+guard, per resource, refuses when more than a share of its rows (10% by default) would go,
+which is what a key for another Clerk instance would otherwise cause.
 
 Exit statuses, for schedulers: 0 in sync, nothing changed; 3 drift found and repaired; 4 drift
 found by --dry-run (nothing written); 1 failure (including objects that could not be written);
@@ -70,7 +76,7 @@ SAMPLE_SIZE = 5  # ids shown per resource and kind of change
 
 # What a page of Clerk objects would do to the database, before anything is written: the write
 # path's own prediction of its rule, one row per event (users: sql/repeatable/20_write_path.sql;
-# organizations and memberships: sql/repeatable/25_backfill.sql).
+# organizations, memberships and invitations: sql/repeatable/25_backfill.sql).
 CLASSIFY_USERS_SQL = """
 select status, problem from clerk_sync.classify_batch($1::text[], $2::jsonb[]) order by n
 """
@@ -126,6 +132,8 @@ NEW_RUN_SQL = """
 insert into clerk_sync.backfill_runs (resources, resource) values ($1::text[], $1[1])
 returning id, started_at, resources, resource, next_offset, counts::text as counts
 """
+
+EXTEND_RUN_SQL = "update clerk_sync.backfill_runs set resources = $2::text[] where id = $1"
 
 FINISH_RUN_SQL = """
 update clerk_sync.backfill_runs
@@ -223,6 +231,35 @@ async def _confirm_memberships(clerk: ClerkClient, candidates: Sequence[Candidat
     )
 
 
+# An invitation is written as the webhook Clerk sends for its status.
+INVITATION_EVENTS = {
+    "pending": "organizationInvitation.created",
+    "accepted": "organizationInvitation.accepted",
+    "revoked": "organizationInvitation.revoked",
+}
+
+
+def _invitation_event(invitation: ClerkObject) -> tuple[str, ClerkObject]:
+    """An invitation as listed, as the webhook of its status would carry it.
+
+    Expired is no event: Clerk sends nothing when an invitation expires, so to the webhooks an
+    expired invitation is still pending, and the app reads expiry from expires_at. The listing
+    may say `expired` (its status filter knows the word): such an invitation is written as
+    pending too (.created), so that a row says the same whichever of the two wrote it. The
+    instance-wide list also names the organization in public_organization_data, where
+    organization_id is taken from when it is missing.
+    """
+    data = invitation
+    if data.get("status") == "expired":
+        data = {**data, "status": "pending"}
+    organization = data.get("public_organization_data")
+    if not data.get("organization_id") and isinstance(organization, dict):
+        data = {**data, "organization_id": organization.get("id")}
+    status = data.get("status")
+    event_type = INVITATION_EVENTS.get(status) if isinstance(status, str) else None
+    return event_type or INVITATION_EVENTS["pending"], data
+
+
 @dataclass(frozen=True)
 class Resource:
     """One kind of Clerk object that a backfill walks."""
@@ -232,12 +269,19 @@ class Resource:
     list_path: str  # the Backend API list, paged by limit/offset, oldest first
     wrapped: bool  # the list answers {"data": [...], "total_count": n}, not a bare array
     count_path: str | None  # where the total is asked for first (else: the pages' total_count)
-    event_type: str  # each object is written as this event
+    event_type: str  # each object is written as this event (unless `as_event` says otherwise)
     version: tuple[tuple[str, ...], ...]  # the fields whose values make a listed object's svix-id
     classify_sql: str
     table: str  # its rows, for the prune guard's count
-    prune_sql: str
-    confirm: Callable[[ClerkClient, Sequence[Candidate]], Awaitable[set[str]]]
+    prune_sql: str | None  # None: --prune does not cover it (and its listed ids are not kept)
+    confirm: Callable[[ClerkClient, Sequence[Candidate]], Awaitable[set[str]]] | None
+    # The event type and data a listed object is written as, when not `event_type` and itself.
+    as_event: Callable[[ClerkObject], tuple[str, ClerkObject]] | None = None
+
+    def event(self, obj: ClerkObject) -> dict[str, Any]:
+        """The listed object as the webhook event the write path takes."""
+        event_type, data = self.as_event(obj) if self.as_event else (self.event_type, obj)
+        return {"object": "event", "type": event_type, "data": data}
 
     def svix_id(self, obj: ClerkObject) -> str:
         """The same object at the same version always gets the same id: a rerun is a duplicate."""
@@ -289,9 +333,23 @@ MEMBERSHIPS = Resource(
     prune_sql=PRUNE_MEMBERSHIPS_SQL,
     confirm=_confirm_memberships,
 )
+INVITATIONS = Resource(
+    name="invitations",
+    noun="invitation",
+    list_path="/organization_invitations",
+    wrapped=True,
+    count_path=None,
+    event_type="organizationInvitation.created",
+    version=(("updated_at",),),
+    classify_sql=CLASSIFY_ORGANIZATIONS_SQL,
+    table="public.organization_invitations",
+    prune_sql=None,  # no invitation delete event: they end with their organization
+    confirm=None,
+    as_event=_invitation_event,
+)
 # In the order a run walks (and prunes) them: a pruned user or organization ends its
-# memberships before the memberships are looked at.
-RESOURCES: tuple[Resource, ...] = (USERS, ORGANIZATIONS, MEMBERSHIPS)
+# memberships (and invitations) before the memberships are looked at.
+RESOURCES: tuple[Resource, ...] = (USERS, ORGANIZATIONS, MEMBERSHIPS, INVITATIONS)
 RESOURCE_NAMES = tuple(r.name for r in RESOURCES)
 
 
@@ -664,6 +722,14 @@ async def _prepare_schema(
         reporter.note(f"applied migrations {names}")
 
 
+def _extends(covered: Sequence[str], on: str, wanted: Sequence[str]) -> bool:
+    """Whether an open run over `covered`, on `on`, can resume as a run over `wanted`: it covers
+    some of them and no other, and each one it lacks comes after `on` (nothing is skipped)."""
+    if list(covered) == list(wanted) or not set(covered) < set(wanted) or on not in wanted:
+        return False
+    return all(wanted.index(name) > wanted.index(on) for name in wanted if name not in covered)
+
+
 async def _open_run(conn: asyncpg.Connection, options: BackfillOptions, reporter: Reporter) -> _Run:
     resources = tuple(_resource(name) for name in options.resources)
     names = [r.name for r in resources]
@@ -674,7 +740,12 @@ async def _open_run(conn: asyncpg.Connection, options: BackfillOptions, reporter
         if options.restart:
             await conn.execute(ABANDON_OPEN_RUNS_SQL)
         row = await conn.fetchrow(OPEN_RUN_SQL)
-        if row is not None and list(row["resources"]) != names:
+        if row is not None and _extends(list(row["resources"]), row["resource"], names):
+            # It lacks only resources it has not reached (a run left open by a release that
+            # walked fewer): it takes them on, and resumes.
+            await conn.execute(EXTEND_RUN_SQL, row["id"], names)
+            row = await conn.fetchrow(OPEN_RUN_SQL)
+        elif row is not None and list(row["resources"]) != names:
             # Resuming it would leave out, or add, whole resources: this run begins anew (what
             # the other one wrote stays; writing it again changes nothing).
             await conn.execute(ABANDON_OPEN_RUNS_SQL)
@@ -754,7 +825,7 @@ async def _list_and_write(
 
 @dataclass(frozen=True)
 class _Listed:
-    """A Clerk object as the write path takes it: its resource's .updated event."""
+    """A Clerk object as the write path takes it: its resource's event (Resource.event)."""
 
     object_id: str
     svix_id: str
@@ -762,7 +833,7 @@ class _Listed:
 
 
 def _listed(resource: Resource, obj: ClerkObject) -> _Listed:
-    event = {"object": "event", "type": resource.event_type, "data": obj}
+    event = resource.event(obj)
     return _Listed(str(obj.get("id")), resource.svix_id(obj), orjson.dumps(event).decode())
 
 
@@ -797,7 +868,8 @@ async def _write_page(
         listed, statuses = await _classify(conn, resource, items, offset, page, reporter)
         for object_id, status in statuses.items():
             _count(page, _final_status(status, None), samples, object_id)
-        run_state.seen.setdefault(resource.name, []).extend(listed)
+        if resource.prune_sql is not None:
+            run_state.seen.setdefault(resource.name, []).extend(listed)
         return page
 
     async with conn.transaction():
@@ -809,7 +881,8 @@ async def _write_page(
                 page.errors += 1
                 continue
             _count(page, _final_status(status, outcomes.get(object_id)), samples, object_id)
-        await conn.execute(RECORD_SEEN_SQL, run_state.id, resource.name, list(listed))
+        if resource.prune_sql is not None:
+            await conn.execute(RECORD_SEEN_SQL, run_state.id, resource.name, list(listed))
         counts = {name: Tally() for name in run_state.tallies}
         for name, tally in run_state.tallies.items():
             counts[name].add(tally)
@@ -961,7 +1034,10 @@ async def _prune(
     reporter: Reporter,
 ) -> str | None:
     """Delete, as the resource's delete event does, the rows Clerk no longer has. Refused by the
-    guard: what was refused ("6 of 41 users (14.6%)"), and nothing deleted."""
+    guard: what was refused ("6 of 41 users (14.6%)"), and nothing deleted. A resource without
+    prune SQL (invitations) is left alone."""
+    if resource.prune_sql is None or resource.confirm is None:
+        return None
     cutoff = run_state.started_at - PRUNE_GRACE
     rows = await conn.fetch(
         resource.prune_sql, run_state.id, run_state.seen.get(resource.name, []), cutoff

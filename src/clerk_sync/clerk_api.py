@@ -1,6 +1,6 @@
 """A small async client for the parts of Clerk's Backend API that clerk-sync reads: the lists of
-users, organizations and memberships (`backfill`), one user and the instance's JWKS (session
-sync).
+users, organizations, memberships and organization invitations (`backfill`), one user and the
+instance's JWKS (session sync).
 
 Why not Clerk's SDK (`clerk-backend-api`)? It parses every user into its pydantic models, and
 `backfill` needs each user as raw JSON, exactly as a webhook's `data` carries it, to feed the same
@@ -29,7 +29,7 @@ import httpx
 from clerk_sync import __version__
 from clerk_sync.errors import ClerkSyncError
 
-PAGE_LIMIT = 500  # the API's maximum `limit` for its lists (users, organizations, memberships)
+PAGE_LIMIT = 500  # the API's maximum `limit` for its lists (users, organizations, ...)
 FILTER_LIMIT = 100  # the API's maximum number of user_id filters in one request
 MAX_ATTEMPTS = 6
 MAX_RETRY_AFTER = 60.0  # seconds: never sleep longer than this on one 429
@@ -37,7 +37,7 @@ BACKOFF_BASE = 0.5  # seconds: first back-off, doubled per attempt
 BACKOFF_MAX = 20.0
 
 User = dict[str, Any]
-ClerkObject = dict[str, Any]  # a user, organization or membership as the API answers it
+ClerkObject = dict[str, Any]  # a user, organization, membership, ... as the API answers it
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -72,8 +72,8 @@ class Page:
 
 class ClerkClient:
     """GET /users, /users/count, /users?user_id=…, /users/{id}, /organizations,
-    /organizations/{id}, /organizations/{id}/memberships, /organization_memberships and /jwks,
-    with a bearer key and retries."""
+    /organizations/{id}, /organizations/{id}/memberships, /organization_memberships,
+    /organization_invitations and /jwks, with a bearer key and retries."""
 
     def __init__(
         self,
@@ -117,9 +117,10 @@ class ClerkClient:
     async def list_page(
         self, path: str, offset: int, limit: int = PAGE_LIMIT, *, wrapped: bool = True
     ) -> Page:
-        """One page of a list (`/users`, `/organizations`, `/organization_memberships`), oldest
-        first. `wrapped`: the list answers `{"data": [...], "total_count": n}` (organizations and
-        memberships), else a bare array (users)."""
+        """One page of a list (`/users`, `/organizations`, `/organization_memberships`,
+        `/organization_invitations`: every status, as no `status` filter is sent), oldest first.
+        `wrapped`: the list answers `{"data": [...], "total_count": n}` (all but users), else a
+        bare array (users)."""
         params = {"limit": limit, "offset": offset, "order_by": "+created_at"}
         body = await self._get_json(path, params)
         if not wrapped:

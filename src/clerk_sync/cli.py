@@ -524,7 +524,8 @@ def backfill(
         typer.Option(
             "--prune",
             help="Delete (as user.deleted, organization.deleted and "
-            "organizationMembership.deleted do) rows that Clerk no longer has",
+            "organizationMembership.deleted do) rows that Clerk no longer has; not "
+            "invitations, which have no delete event and end with their organization",
         ),
     ] = False,
     force: Annotated[
@@ -544,15 +545,16 @@ def backfill(
         typer.Option(
             "--only",
             metavar="RESOURCE",
-            help="Walk only these: users, organizations, memberships (repeat the flag, or "
-            "separate them by commas); all three by default",
+            help="Walk only these: users, organizations, memberships, invitations (repeat the "
+            "flag, or separate them by commas); all four by default",
         ),
     ] = None,
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Copy every user, organization and membership from Clerk's Backend API through the
-    webhook write path (users, then organizations, then memberships).
+    """Copy every user, organization, membership and organization invitation from Clerk's
+    Backend API through the webhook write path (users, then organizations, then memberships,
+    then invitations).
 
     Exit status: 0 in sync, 3 drift repaired, 4 drift found (--dry-run), 1 failed, 2 refused.
     """

@@ -12,7 +12,9 @@
 --     that organization, is stale (the organization's tombstone);
 --   * an invitation may arrive before its organization: it is kept (it carries no organization
 --     to write);
---   * private_metadata and url are never stored (url carries the acceptance token).
+--   * private_metadata and url are never stored (url carries the acceptance token);
+--   * an accepted copy without user_id (Clerk's list, which a backfill writes) keeps the
+--     user_id the accepted webhook gave.
 -- Expiry is no event: an invitation is open while status = 'pending' and expires_at > now() and
 -- deleted_at is null.
 --
@@ -95,7 +97,11 @@ begin
         role = excluded.role,
         status = excluded.status,
         inviter_id = excluded.inviter_id,
-        user_id = excluded.user_id,
+        -- Only the organizationInvitation.accepted webhook names the user: an accepted copy
+        -- that does not (Clerk's list of invitations, which a backfill writes, never does)
+        -- keeps the one known.
+        user_id = case when excluded.status = 'accepted' and excluded.user_id is null
+                       then i.user_id else excluded.user_id end,
         public_metadata = excluded.public_metadata,
         expires_at = excluded.expires_at,
         created_at = coalesce(excluded.created_at, i.created_at),

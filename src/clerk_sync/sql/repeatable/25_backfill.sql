@@ -1,16 +1,18 @@
--- What `clerk-sync backfill` reads before it writes organizations and memberships: the write
--- path's own prediction of its rule (clerk_sync.apply_organization_events in
--- 15_organizations.sql), as clerk_sync.classify_batch in 20_write_path.sql is for users.
+-- What `clerk-sync backfill` reads before it writes organizations, memberships and invitations:
+-- the write path's own prediction of its rule (clerk_sync.apply_organization_events in
+-- 15_organizations.sql, and clerk_sync.apply_invitation_event in 16_invitations.sql), as
+-- clerk_sync.classify_batch in 20_write_path.sql is for users.
 --
 -- Repeatable: `migrate` runs this file again whenever its content changes (CREATE OR REPLACE only).
 -- After 20_write_path.sql, whose clerk_sync.batch_events this reads.
 
--- What applying these organization.updated / organizationMembership.updated events would do,
--- against the database now, one event per organization or membership:
+-- What applying these organization.updated / organizationMembership.updated /
+-- organizationInvitation.* events would do, against the database now, one event per
+-- organization, membership or invitation:
 --   'invalid'    the write path would refuse it (problem says why)
 --   'stale'      it was deleted (or, a membership, its organization or user was, or another
---                membership of the same organization and user created later is there), or
---                the row is newer
+--                membership of the same organization and user created later is there; an
+--                invitation, its organization was), or the row is newer
 --   'created'    no row yet
 --   'updated'    the event is newer than the row
 --   'unchanged'  the row holds this already
@@ -58,12 +60,22 @@ as $$
                        when m.updated_at > v.version then 'stale'
                        else 'unchanged'
                    end
+               -- As clerk_sync.apply_invitation_event: only its organization's tombstone and
+               -- updated_at decide.
+               when b.kind = 'invitation' then
+                   case
+                       when ot.organization_id is not null then 'stale'
+                       when i.id is null then 'created'
+                       when i.updated_at is null or i.updated_at < v.version then 'updated'
+                       when i.updated_at > v.version then 'stale'
+                       else 'unchanged'
+                   end
                else 'invalid'
            end,
            case
                when b.problem is not null then b.problem
-               when b.kind not in ('organization', 'membership')
-                   then 'not an organization or membership event: ' || b.type
+               when b.kind not in ('organization', 'membership', 'invitation')
+                   then 'not an organization, membership or invitation event: ' || b.type
            end
     from clerk_sync.batch_events(p_svix_ids, p_events) as b
     cross join lateral (
@@ -80,6 +92,8 @@ as $$
         on b.kind = 'membership' and mt.membership_id = b.event -> 'data' ->> 'id'
     left join clerk_sync.tombstones as ut
         on b.kind = 'membership' and ut.user_id = b.user_id
+    left join public.organization_invitations as i
+        on b.kind = 'invitation' and i.id = b.event -> 'data' ->> 'id'
     order by b.n
 $$;
 
