@@ -11,6 +11,7 @@ Files are written line by line, so memory stays flat however many deliveries a r
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,27 @@ Delivery = tuple[str, bytes]
 CREATED_AT = 1_700_000_000_000
 FIRST_NAMES = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Margaret"]
 LAST_NAMES = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson"]
+
+
+PLANS = ["free", "pro", "team"]
+ROLES_OF_USERS = ["member", "member", "admin", "owner"]
+
+
+def public_metadata(user_id: str, updated_at: int, plan: str) -> dict[str, Any]:
+    """A user's public_metadata: what bench/columns.toml's custom columns take (`--columns`),
+    drawn from the user id and version (not from the stream's random numbers, so the stream is
+    otherwise as before): `role` (missing for ~1 user version in 5), `plan` (missing for ~1 in
+    8: the column's default), `credits` (a number, but for ~1 in 10 a string such as "120",
+    which an integer column does not take: it gets its default, null, and the delivery applies)."""
+    draw = zlib.crc32(f"{user_id}:{updated_at}".encode())
+    metadata: dict[str, Any] = {"onboarded": True}
+    if draw % 8:  # independent bits of the draw for each
+        metadata["plan"] = plan
+    if (draw >> 3) % 5:
+        metadata["role"] = ROLES_OF_USERS[(draw >> 6) % 4]
+    credits = (draw >> 8) % 1000
+    metadata["credits"] = str(credits) if (draw >> 18) % 10 == 0 else credits
+    return metadata
 
 
 def user_event(event_type: str, user_id: str, updated_at: int, rng: random.Random) -> bytes:
@@ -44,7 +66,7 @@ def user_event(event_type: str, user_id: str, updated_at: int, rng: random.Rando
         "profile_image_url": f"https://images.clerk.dev/oauth_google/img_{suffix}",
         "image_url": f"https://img.clerk.com/eyJ0eXBlIjoicHJveHkiLCJzcmMiOiJ{suffix}",
         "has_image": True,
-        "public_metadata": {"plan": rng.choice(["free", "pro", "team"]), "onboarded": True},
+        "public_metadata": public_metadata(user_id, updated_at, rng.choice(PLANS)),
         "private_metadata": {"stripe_customer_id": f"cus_{suffix[:14]}"},
         "unsafe_metadata": {
             "theme": "dark",

@@ -36,6 +36,16 @@ def ratios(throughput: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]
     return out
 
 
+def columns_cost(throughput: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """clerk-sync with the custom columns of bench/columns.toml divided by clerk-sync without."""
+    ours, plain = throughput["clerk-sync-columns"], throughput["clerk-sync"]
+    return {
+        "throughput": round(ours["deliveries_per_s"] / plain["deliveries_per_s"], 3),
+        "p99": round(ours["p99_ms"] / plain["p99_ms"], 3),
+        "server_cpu": round(ours["server_cpu_s_per_1k"] / plain["server_cpu_s_per_1k"], 3),
+    }
+
+
 def goals(throughput: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Issue 6's throughput goal: 1.5x the better reference, p99 no worse than either's."""
     references = [throughput[n] for n in ("express", "starlette") if n in throughput]
@@ -102,6 +112,17 @@ def markdown(results: dict[str, Any]) -> str:
             f"clerk-sync / {LABELS.get(name, name)}: throughput {r['throughput']:.2f}x, "
             f"p99 {r['p99']:.2f}x, server CPU per delivery {r['server_cpu']:.2f}x"
         )
+    cost = results.get("columns_cost")
+    if cost:
+        held = throughput["clerk-sync-columns"].get("custom_columns_held", {})
+        lines += [
+            "",
+            f"clerk-sync with 3 custom columns / without, same run: throughput "
+            f"{cost['throughput']:.2f}x, p99 {cost['p99']:.2f}x, server CPU per delivery "
+            f"{cost['server_cpu']:.2f}x (users holding role {held.get('role', 0):,}, plan "
+            f"{held.get('plan', 0):,}, credits {held.get('credits', 0):,} of "
+            f"{held.get('users', 0):,}).",
+        ]
     goal = results.get("goals")
     if goal:
         lines += [

@@ -46,6 +46,20 @@ organization). Same servers, same rounds, same table and ratios as above, plus t
 organizations and memberships each stored; written to bench/results/mix.json and mix.png
 instead of latest.*.
 
+`--columns` also measures clerk-sync-columns: clerk-sync serve with the three custom columns of
+bench/columns.toml (CLERK_SYNC_CONFIG; README "Your own columns"): `role` text, `plan` text with
+the default 'free', `credits` integer, all from public_metadata. It runs right after clerk-sync
+in each round, on a fresh database that its own `serve` migrates (adding the columns). The user
+events carry those values (bench/deliveries.py `public_metadata`, the same stream for every
+server): `role` missing in ~1 version of 5, `plan` in ~1 of 8, and `credits` a string in ~1 of
+10, which the integer column does not take (it gets its default, null; the delivery applies and
+is counted in clerk_sync_custom_column_unconvertible_total). The references are unchanged: they
+store public_metadata whole, as before. Reported: the same-run ratio of clerk-sync with the
+columns to clerk-sync without (throughput, p99, server CPU per delivery) and how many users hold
+each column; written to bench/results/columns.json and columns.png instead of latest.*:
+
+    .venv/bin/python -m bench.run --columns --targets clerk-sync,starlette --no-cold-start
+
 The burst sends 100,000 distinct user.created deliveries to clerk-sync as fast as wrk can,
 each once, and reports the time to drain them and the server's resident memory (peak, sampled
 every 0.2 s, and after 10k/50k/100k answers) into bench/results/burst.json. latest.json and
@@ -90,7 +104,7 @@ def parse_args() -> argparse.Namespace:
         description="clerk-sync against the hand-written reference handlers, side by side.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--targets", default=",".join(servers.TARGETS),
+    parser.add_argument("--targets", default=",".join(servers.DEFAULT_TARGETS),
                         help="servers to measure, in order")  # fmt: skip
     parser.add_argument("--duration", type=int, default=10, help="seconds measured per server")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per server")
@@ -106,6 +120,9 @@ def parse_args() -> argparse.Namespace:
                         help="throughput on a stream of user, session.created, organization "
                              "and membership events, by percent (bare --mix: "
                              f"{'/'.join(map(str, deliveries.MIX))})")  # fmt: skip
+    parser.add_argument("--columns", action="store_true",
+                        help="also measure clerk-sync-columns: clerk-sync with the three custom "
+                             "columns of bench/columns.toml, next to clerk-sync")  # fmt: skip
     parser.add_argument("--throughput", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--cold-start", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--cold-start-runs", type=int, default=5)
@@ -120,6 +137,10 @@ def parse_args() -> argparse.Namespace:
     unknown = set(args.targets.split(",")) - set(servers.TARGETS)
     if unknown:
         parser.error(f"unknown targets {sorted(unknown)}; choose from {list(servers.TARGETS)}")
+    if args.columns and "clerk-sync-columns" not in args.targets.split(","):
+        names = args.targets.split(",")
+        at = names.index("clerk-sync") + 1 if "clerk-sync" in names else 0
+        args.targets = ",".join([*names[:at], "clerk-sync-columns", *names[at:]])
     if args.mix is not None:
         try:
             shares = tuple(int(share) for share in args.mix.split("/"))
@@ -243,6 +264,11 @@ def measure_throughput(
             if dsn and args.mix
             else {}
         ),
+        **(
+            {"custom_columns_held": servers.custom_columns_held(dsn)}
+            if dsn and target.name == "clerk-sync-columns"
+            else {}
+        ),
         "stream_repeated": result.requests > count,
         "load_average_1m_before": round(load_average, 2),
     }
@@ -359,7 +385,8 @@ def cold_start(
     args: argparse.Namespace, scratch: Path, databases: servers.Databases, secret: str, key: bytes
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"servers": {}}
-    for name in [n for n in args.targets.split(",") if n not in ("baseline", "clerk-sync-logged")]:
+    skipped = ("baseline", "clerk-sync-logged", "clerk-sync-columns")
+    for name in [n for n in args.targets.split(",") if n not in skipped]:
         target = servers.TARGETS[name]
         if name == "clerk-sync":
             # Database migrated beforehand, as a serverless deployment runs it.
@@ -539,11 +566,13 @@ def main() -> None:
             results["throughput"] = rows
             results["ratios"] = report.ratios(rows)
             results["goals"] = report.goals(rows)
+            if "clerk-sync-columns" in rows and "clerk-sync" in rows:
+                results["columns_cost"] = report.columns_cost(rows)
         if args.cold_start:
             results["cold_start"] = cold_start(args, scratch, databases, secret, key)
         if args.throughput:
             args.results.mkdir(parents=True, exist_ok=True)
-            name = "mix" if args.mix else "latest"
+            name = "mix" if args.mix else "columns" if args.columns else "latest"
             report.write_json(args.results / f"{name}.json", results)
             report.chart(args.results / f"{name}.png", results)
             print(report.markdown(results))

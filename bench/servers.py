@@ -33,6 +33,7 @@ class Target:
     cwd: Path | None  # None: a scratch directory, so no stray .env is read
     uses_database: bool
     ready_path: str  # ready once a GET here answers below 500
+    env: tuple[tuple[str, str], ...] = ()  # set for it besides the run's own
 
 
 def _uvicorn(app: str) -> Callable[[int], list[str]]:
@@ -60,6 +61,16 @@ TARGETS = {
         True,
         "/readyz",
     ),
+    # `--columns`: the same, with the three custom columns of bench/columns.toml.
+    "clerk-sync-columns": Target(
+        "clerk-sync-columns",
+        "clerk-sync serve with 3 custom columns (bench/columns.toml)",
+        lambda port: [sys.executable, "-m", "clerk_sync", "serve", "--log-level", "warning"],
+        None,
+        True,
+        "/readyz",
+        (("CLERK_SYNC_CONFIG", str(BENCH / "columns.toml")),),
+    ),
     "express": Target(
         "express",
         "Express + svix + pg, one upsert",
@@ -86,6 +97,8 @@ TARGETS = {
     ),
 }
 REFERENCES = ("express", "starlette")
+# What a run measures unless told otherwise (--columns adds clerk-sync-columns).
+DEFAULT_TARGETS = tuple(name for name in TARGETS if name != "clerk-sync-columns")
 
 
 def install_express() -> None:
@@ -162,6 +175,18 @@ def rows_stored(dsn: str, table: str) -> int:
     return int(support.fetch(dsn, f"select count(*) as n from {table}")[0]["n"])
 
 
+def custom_columns_held(dsn: str) -> dict[str, int]:
+    """How many users hold a value in each custom column of bench/columns.toml (plan: other
+    than its default), of how many."""
+    [row] = support.fetch(
+        dsn,
+        "select count(*) as users, count(role) as role, "
+        "count(*) filter (where plan <> 'free') as plan, count(credits) as credits "
+        "from public.users",
+    )
+    return {k: int(v) for k, v in row.items()}
+
+
 def server_version(server_dsn: str) -> str:
     return str(support.fetch(server_dsn, "show server_version")[0]["server_version"])
 
@@ -179,7 +204,9 @@ class Server:
         self.port = support.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = scratch / (log_name or f"{target.name}.log")
-        full_env = clean_environment(**env, HOST="127.0.0.1", PORT=str(self.port))
+        full_env = clean_environment(
+            **dict(target.env), **env, HOST="127.0.0.1", PORT=str(self.port)
+        )
         if target.name == "express":
             full_env["NODE_ENV"] = "production"
         with self.log_path.open("ab") as log:

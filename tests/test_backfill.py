@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import io
 import json
 import os
@@ -26,6 +27,7 @@ import pytest
 from clerk_sync import backfill as backfilling
 from clerk_sync.backfill import BackfillOptions, BackfillResult, PlainReporter, PruneRefused
 from clerk_sync.clerk_api import ClerkAPIError, ClerkClient
+from clerk_sync.custom_columns import CustomColumns, parse_custom_columns
 from tests import clerk_standin, support
 from tests.clerk_standin import StandIn, clerk_user, clerk_users
 
@@ -1232,3 +1234,87 @@ def test_an_invitation_is_written_as_the_webhook_of_its_status() -> None:
     bare = {"id": "orginv_2", "status": "pending", "public_organization_data": {"id": "org_2"}}
     assert event(bare)["data"]["organization_id"] == "org_2"
     assert "organization_id" not in bare  # the listed object itself is left as it was
+
+
+FILLED_COLUMNS = """
+[users.columns]
+last_active = { path = "last_active_at", type = "timestamptz" }
+stripe = { path = "private_metadata.stripe", private = true, default = "none" }
+
+[organizations.columns]
+members = { path = "members_count", type = "integer", default = -1 }
+
+[organization_memberships.columns]
+role_name = "role_name"
+"""
+
+
+def test_custom_columns_whose_data_was_never_kept_are_filled_from_clerk(
+    pg_server: str, standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    standin.users = [
+        clerk_user(0, last_active_at=1_750_000_000_000, private_metadata={"stripe": "cus_0"}),
+        clerk_user(1, last_active_at="not milliseconds"),
+    ]
+    standin.organizations = clerk_standin.clerk_organizations(2)
+    standin.organizations[0]["members_count"] = 3
+    standin.memberships = clerk_standin.clerk_memberships(2, standin.organizations, 1)
+    dsn = support.create_database(pg_server, migrate=False)
+    try:
+        # Synced before the columns were declared, by a release that kept no private_metadata.
+        support.migrate_database(dsn, CustomColumns())
+        assert run_backfill(dsn, standin).tally.created == 6
+        support.execute(dsn, "delete from clerk_sync.private_metadata")
+        columns_file = tmp_path / "clerk-sync.toml"
+        columns_file.write_text(FILLED_COLUMNS)
+        monkeypatch.setenv("CLERK_SYNC_CONFIG", str(columns_file))
+        support.migrate_database(dsn, parse_custom_columns(FILLED_COLUMNS, columns_file))
+
+        def held() -> list[tuple[Any, ...]]:
+            users = support.fetch(dsn, "select last_active, stripe from public.users order by id")
+            orgs = support.fetch(dsn, "select members from public.organizations order by id")
+            members = support.fetch(
+                dsn, "select role_name from public.organization_memberships order by id"
+            )
+            return [tuple(r.values()) for r in [*users, *orgs, *members]]
+
+        defaults = [(None, "none"), (None, "none"), (-1,), (-1,), (None,), (None,)]
+        assert held() == defaults
+
+        dry = run_backfill(dsn, standin, BackfillOptions(dry_run=True))
+        assert held() == defaults
+        # user 1's last_active_at does not convert: the default it holds is its value.
+        assert [dry.of(r).tally.filled for r in ("users", "organizations", "memberships")] == [
+            1,
+            2,
+            2,
+        ]
+        assert dry.of("users").tally.unchanged == 2 and dry.exit_status == backfilling.DRIFT_FOUND
+        assert (
+            dry.summary()
+            .splitlines()[1]
+            .endswith("errors 0, filled the custom columns of 2 (drift found)")
+        )
+
+        inbox_before = scalar(dsn, "select count(*) from clerk_sync.inbox")
+        filled = run_backfill(dsn, standin)
+        assert filled.tally.filled == 5 and filled.tally.unchanged == 6
+        assert filled.exit_status == backfilling.REPAIRED
+        last_active = dt.datetime.fromtimestamp(1_750_000_000, dt.UTC)
+        assert held() == [
+            (last_active, "cus_0"),
+            (None, "none"),
+            (3,),
+            (0,),
+            ("Admin",),
+            ("Member",),
+        ]
+        # Written in place, not as events: nothing in the inbox; the private_metadata kept again.
+        assert scalar(dsn, "select count(*) from clerk_sync.inbox") == inbox_before
+        kept = "select private_metadata ->> 'stripe' from clerk_sync.private_metadata where user_id = $1"
+        assert scalar(dsn, kept, standin.users[0]["id"]) == "cus_0"
+
+        again = run_backfill(dsn, standin)
+        assert again.tally.filled == 0 and again.exit_status == backfilling.IN_SYNC
+    finally:
+        support.drop_database(pg_server, dsn)

@@ -573,3 +573,90 @@ def test_serve_dev_on_the_embedded_database_with_send_test(tmp_path: Path) -> No
     assert not left_running, (
         f"serve (stopped by SIGTERM) left its embedded PostgreSQL running {left_running}"
     )
+
+
+# --- declared columns the database lacks ------------------------------------------------------
+
+LACKED_COLUMNS = """
+[users.columns]
+plan = { path = "public_metadata.plan", default = "free" }
+credits = { path = "public_metadata.credits", type = "integer" }
+"""
+
+
+def test_serve_no_migrate_says_which_declared_columns_the_database_lacks(
+    tmp_path: Path, pg_server: str
+) -> None:
+    from clerk_sync.custom_columns import CustomColumns
+
+    (tmp_path / "clerk-sync.toml").write_text(LACKED_COLUMNS)
+    dsn = support.create_database(pg_server, migrate=False)
+    try:
+        support.migrate_database(dsn, CustomColumns())
+        support.execute(dsn, "alter table public.users add column credits bigint")
+        secret, key = support.make_secret()
+        port = support.free_port()
+        env = {"CLERK_WEBHOOK_SECRET": secret, "DATABASE_URL": dsn, "PORT": str(port)}
+        args = ["--no-migrate", "--log-level", "warning"]
+        with serving(tmp_path, env, args, tmp_path / "serve.log") as server:
+            server.wait_ready(port)
+            event = support.user_event(
+                "user.created", "user_1", 1, public_metadata={"plan": "pro", "credits": 3}
+            )
+            # A warning, not a refusal: deliveries apply, without the column.
+            assert post(port, key, event).json() == {"outcome": "applied"}
+        output = server.output()
+        assert (
+            "clerk-sync: warning: clerk-sync.toml declares a column this database lacks "
+            "(public.users.plan): deliveries apply without it until `clerk-sync migrate` runs"
+        ) in output
+        assert (
+            "clerk-sync: warning: public.users.credits is bigint, and clerk-sync.toml says "
+            "integer: deliveries write it as the database was last migrated; "
+            "`clerk-sync migrate --retype users.credits` changes it"
+        ) in output
+        assert support.fetch(dsn, "select credits from public.users") == [{"credits": None}]
+
+        # Migrated (serve without --no-migrate, as by default), nothing is said of them.
+        support.execute(dsn, "alter table public.users drop column credits")
+        with serving(tmp_path, env, ["--log-level", "warning"], tmp_path / "again.log") as server:
+            server.wait_ready(port)
+        assert "warning" not in server.output()
+    finally:
+        support.drop_database(pg_server, dsn)
+
+
+def test_serve_in_rest_mode_says_which_declared_columns_supabase_lacks(
+    tmp_path: Path, pg_server: str
+) -> None:
+    from tests.postgrest_standin import (
+        SERVICE_ROLE_KEY,
+        create_supabase_database,
+        running_postgrest,
+    )
+
+    (tmp_path / "clerk-sync.toml").write_text(LACKED_COLUMNS)
+    dsn = create_supabase_database(pg_server)
+    try:
+        support.execute(dsn, "alter table public.users add column credits integer")
+        secret, key = support.make_secret()
+        port = support.free_port()
+        with running_postgrest(dsn) as postgrest:
+            env = {
+                "CLERK_WEBHOOK_SECRET": secret,
+                "SUPABASE_URL": postgrest.url,
+                "SUPABASE_SERVICE_ROLE_KEY": SERVICE_ROLE_KEY,
+                "PORT": str(port),
+            }
+            with serving(tmp_path, env, ["--log-level", "warning"], tmp_path / "s.log") as server:
+                server.wait_ready(port)
+                event = support.user_event("user.created", "user_1", 1)
+                assert post(port, key, event).json() == {"outcome": "applied"}
+        [line] = [line for line in server.output().splitlines() if "warning" in line]
+        assert line == (
+            "clerk-sync: warning: clerk-sync.toml declares a column this database lacks "
+            "(public.users.plan): deliveries apply without it until the current "
+            "`clerk-sync schema` is applied (`supabase db push`)"
+        )
+    finally:
+        support.drop_database(pg_server, dsn)

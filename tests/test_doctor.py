@@ -22,6 +22,7 @@ import asyncpg
 import pytest
 
 from clerk_sync import doctor, migrations
+from clerk_sync.custom_columns import CustomColumns, parse_custom_columns
 from clerk_sync.doctor import Finding, Sources, Status
 from tests import support
 from tests.postgrest_standin import create_supabase_database
@@ -638,3 +639,171 @@ def test_invitations_are_read_only_through_the_apps_own_policy(supabase_db: str)
     support.execute(supabase_db, migrations.render_schema())
     assert finding().status is Status.OK
     assert "only through your own policies" in finding().message
+
+
+# --- custom columns -----------------------------------------------------------------------------
+
+MIGRATED_WITH = """
+[users.columns]
+role = "public_metadata.role"
+plan = { path = "public_metadata.plan", default = "free" }
+last_active = { path = "last_active_at", type = "timestamptz" }
+gone = "public_metadata.gone"
+
+[organizations.columns]
+tier = "public_metadata.tier"
+"""
+
+DECLARED_NOW = """
+[users.columns]
+role = "public_metadata.role"
+plan = { path = "public_metadata.plan_name", default = "free" }
+last_active = { path = "last_active_at", type = "timestamptz" }
+credits = { path = "public_metadata.credits", type = "integer" }
+nickname = "unsafe_metadata.nickname"
+
+[organizations.columns]
+tier = { path = "public_metadata.tier", type = "integer" }
+"""
+
+
+def columns_of(text: str) -> CustomColumns:
+    return parse_custom_columns(text, Path("clerk-sync.toml"))
+
+
+def column_findings(dsn: str, text: str) -> list[Finding]:
+    found = support.run(
+        doctor.check_database(dsn, described="DATABASE_URL", timeout=5, columns=columns_of(text))
+    )
+    return only(found, "custom columns")
+
+
+def test_declared_columns_against_the_databases(pg_server: str) -> None:
+    dsn = support.create_database(pg_server, migrate=False)
+    try:
+        support.migrate_database(dsn, columns_of(MIGRATED_WITH))
+        support.execute(dsn, "alter table public.users add column nickname text")
+        found = column_findings(dsn, DECLARED_NOW)
+        by_status = {status: [f.message for f in found if f.status is status] for status in Status}
+        assert by_status[Status.OK] == [
+            "public.users: role text, last_active timestamptz, as clerk-sync.toml declares"
+        ]
+        assert by_status[Status.FAIL] == [
+            "public.users.plan is written from public_metadata.plan (default 'free') as the "
+            "database was last migrated, and clerk-sync.toml says public_metadata.plan_name "
+            "(default 'free'): run `clerk-sync migrate`, which fills it again",
+            "public.users.credits (integer) is in clerk-sync.toml but not in the database, so "
+            "deliveries do not write it: run `clerk-sync migrate` (REST mode: apply the current "
+            "`clerk-sync schema` with `supabase db push`)",
+            "public.users.nickname is there, but the database was not migrated with it in "
+            "clerk-sync.toml, so deliveries do not write it: run `clerk-sync migrate`, which "
+            "takes it over and fills it",
+            "public.organizations.tier is text, and clerk-sync.toml says integer: run "
+            "`clerk-sync migrate --retype organizations.tier`, which drops it (losing what it "
+            "holds) and adds and fills it again",
+        ]
+        unfilled, gone = by_status[Status.WARN]
+        assert unfilled.startswith(
+            "public.users.last_active is on last_active_at, which clerk-sync does not keep: "
+            "rows synced before it was added ("
+        )
+        assert unfilled.endswith(
+            "UTC) hold its default until `clerk-sync backfill` fills them from Clerk"
+        )
+        assert gone == (
+            "public.users.gone (public_metadata.gone) is no longer in clerk-sync.toml, but the "
+            "database was last migrated with it, so deliveries still write it: run `clerk-sync "
+            "migrate`, which stops that and leaves the column as it is (drop it when nothing "
+            "reads it: alter table public.users drop column gone)"
+        )
+
+        # A backfill of users completed since: the rows are filled. Migrated with the file
+        # (the other type asked for), nothing is left but the ok lines.
+        support.execute(
+            dsn,
+            "insert into clerk_sync.backfill_runs (resources, resource, finished_at, outcome) "
+            "values ('{users}', 'users', now() + interval '1 second', 'completed')",
+        )
+        support.execute(dsn, "alter table public.users drop column nickname")
+        declared = columns_of(DECLARED_NOW)
+        support.run(_migrate_retyping(dsn, declared))
+        found = column_findings(dsn, DECLARED_NOW)
+        assert [(f.status, f.message) for f in found] == [
+            (
+                Status.OK,
+                "public.users: role text, plan text, last_active timestamptz, credits integer, "
+                "nickname text, as clerk-sync.toml declares",
+            ),
+            (Status.OK, "public.organizations: tier integer, as clerk-sync.toml declares"),
+        ]
+    finally:
+        support.drop_database(pg_server, dsn)
+
+
+async def _migrate_retyping(dsn: str, columns: CustomColumns) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrations.migrate(conn, columns, frozenset({"organizations.tier"}))
+    finally:
+        await conn.close()
+
+
+def test_no_columns_declared_or_registered_says_nothing_of_them(database_url: str) -> None:
+    assert column_findings(database_url, "") == []
+
+
+def test_rest_mode_sees_whether_the_columns_are_there_not_their_types(
+    pg_server: str, tmp_path: Path
+) -> None:
+    from tests.postgrest_standin import SERVICE_ROLE_KEY, running_postgrest
+
+    (tmp_path / "columns.toml").write_text(
+        '[users.columns]\nplan = "public_metadata.plan"\ncredits = "public_metadata.credits"\n'
+        '[organizations.columns]\ntier = "public_metadata.tier"\n'
+    )
+    dsn = create_supabase_database(pg_server)
+    try:
+        support.execute(dsn, "alter table public.users add column plan integer")
+        support.execute(dsn, "alter table public.organizations add column tier text")
+        with running_postgrest(dsn) as postgrest:
+            environ = {
+                "SUPABASE_URL": postgrest.url,
+                "SUPABASE_SERVICE_ROLE_KEY": SERVICE_ROLE_KEY,
+                "CLERK_SYNC_CONFIG": str(tmp_path / "columns.toml"),
+            }
+            found = only(doctor.run(environ, dotenv_path=tmp_path / ".env"), "custom columns")
+    finally:
+        support.drop_database(pg_server, dsn)
+    source = tmp_path / "columns.toml"
+    assert [(f.status, f.message) for f in found] == [
+        (
+            Status.OK,
+            "public.users: plan found through Supabase's REST API, which does not show their "
+            "types (`clerk-sync doctor --database-url postgresql://…` checks those)",
+        ),
+        (
+            Status.OK,
+            "public.organizations: tier found through Supabase's REST API, which does not show "
+            "their types (`clerk-sync doctor --database-url postgresql://…` checks those)",
+        ),
+        (
+            Status.FAIL,
+            f"public.users.credits is in {source} but Supabase's REST API does not find it, so "
+            "deliveries do not write it: apply the current `clerk-sync schema` with "
+            "`supabase db push`",
+        ),
+    ]
+
+
+def test_a_malformed_columns_file_is_a_finding(tmp_path: Path) -> None:
+    (tmp_path / "clerk-sync.toml").write_text("[users.columns]\ncredits = { type = 'int' }\n")
+    found = only(
+        doctor.run(
+            {"CLERK_SYNC_CONFIG": str(tmp_path / "clerk-sync.toml")},
+            dotenv_path=tmp_path / ".env",
+            data_dir=tmp_path,
+        ),
+        "custom columns",
+    )
+    assert [f.status for f in found] == [Status.FAIL]
+    assert found[0].message.startswith(f"{tmp_path / 'clerk-sync.toml'}: [users.columns] credits: ")

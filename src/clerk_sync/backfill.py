@@ -27,6 +27,13 @@ commit in one transaction, so an interrupted run resumes at the first page it ha
 in the resource it was on (a run left open by a release that walked fewer resources takes on
 those after it, and resumes).
 
+Custom columns (clerk-sync.toml) on a path whose data clerk-sync did not keep (`migrate` set
+them to their default) are filled here: for the rows a page finds at the object's version
+('unchanged', or a sign-in only), one statement a page, only for a table with custom columns,
+writes the columns that differ from Clerk's object (Resource.fill_function, from
+sql/repeatable/12_custom_columns.sql), counted as `filled` (drift: exit status 3, or 4 with
+--dry-run, which counts them with clerk_sync.custom_columns_to_fill).
+
 `--prune` deletes (as `user.deleted`, `organization.deleted` and `organizationMembership.deleted`
 do) rows that Clerk no longer lists. Not invitations: there is no event that deletes one (its
 list keeps revoked, accepted and expired ones: its status filter names them), and an invitation
@@ -94,6 +101,14 @@ order by event_index
 """
 
 APPLY_ONE_SQL = "select public.clerk_sync_apply($1, $2::jsonb, $3)"
+
+# The tables whose custom columns this database has (as `migrate` last rendered the fill
+# functions with them: sql/repeatable/12_custom_columns.sql).
+CUSTOM_TABLES_SQL = "select distinct table_name from clerk_sync.custom_columns"
+# --dry-run: how many rows the fill would change.
+COUNT_FILL_SQL = "select clerk_sync.custom_columns_to_fill($1, $2::jsonb[])"
+# A fill waits this long for a row another transaction holds (the write path never waits).
+FILL_LOCK_TIMEOUT = "1s"
 
 # The write path never waits for a user's lock or row: a user another transaction is writing
 # (a webhook batch, an app's open transaction) is answered 'retry'. The page tries those users
@@ -278,6 +293,11 @@ class Resource:
     # The event type and data a listed object is written as, when not `event_type` and itself.
     as_event: Callable[[ClerkObject], tuple[str, ClerkObject]] | None = None
 
+    # Its custom columns (clerk-sync.toml): the table they are registered under and the function
+    # that fills them, for rows of the same version, from the listed objects (see CustomFill).
+    columns_of: str | None = None
+    fill_function: str | None = None
+
     def event(self, obj: ClerkObject) -> dict[str, Any]:
         """The listed object as the webhook event the write path takes."""
         event_type, data = self.as_event(obj) if self.as_event else (self.event_type, obj)
@@ -306,6 +326,8 @@ USERS = Resource(
     table="public.users",
     prune_sql=PRUNE_USERS_SQL,
     confirm=_confirm_users,
+    columns_of="users",
+    fill_function="clerk_sync.fill_custom_columns",
 )
 ORGANIZATIONS = Resource(
     name="organizations",
@@ -319,6 +341,8 @@ ORGANIZATIONS = Resource(
     table="public.organizations",
     prune_sql=PRUNE_ORGANIZATIONS_SQL,
     confirm=_confirm_organizations,
+    columns_of="organizations",
+    fill_function="clerk_sync.fill_organization_custom_columns",
 )
 MEMBERSHIPS = Resource(
     name="memberships",
@@ -332,6 +356,8 @@ MEMBERSHIPS = Resource(
     table="public.organization_memberships",
     prune_sql=PRUNE_MEMBERSHIPS_SQL,
     confirm=_confirm_memberships,
+    columns_of="organization_memberships",
+    fill_function="clerk_sync.fill_membership_custom_columns",
 )
 INVITATIONS = Resource(
     name="invitations",
@@ -385,6 +411,9 @@ class Tally:
     stale: int = 0
     deleted: int = 0
     errors: int = 0
+    # Rows of the same version (counted as unchanged, or updated for a sign-in) whose custom
+    # columns held the default because clerk-sync had not kept their data: filled from Clerk.
+    filled: int = 0
 
     @property
     def listed(self) -> int:
@@ -392,7 +421,7 @@ class Tally:
 
     @property
     def drift(self) -> int:
-        return self.created + self.updated + self.deleted
+        return self.created + self.updated + self.deleted + self.filled
 
     def add(self, other: Tally) -> None:
         for f in fields(self):
@@ -406,9 +435,10 @@ class Tally:
         return cls(**{f.name: int(saved.get(f.name, 0)) for f in fields(cls)})
 
     def describe(self) -> str:
+        filled = f", filled the custom columns of {self.filled}" if self.filled else ""
         return (
             f"created {self.created}, updated {self.updated}, unchanged {self.unchanged}, "
-            f"stale {self.stale}, deleted {self.deleted}, errors {self.errors}"
+            f"stale {self.stale}, deleted {self.deleted}, errors {self.errors}{filled}"
         )
 
 
@@ -626,6 +656,7 @@ class _Run:
     next_offset: int
     tallies: dict[str, Tally]
     seen: dict[str, list[str]] = field(default_factory=dict)  # --dry-run only
+    custom_tables: frozenset[str] = frozenset()  # the tables with custom columns
     samples: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
@@ -655,6 +686,7 @@ async def backfill(
     clock = time.monotonic()
     await _prepare_schema(conn, options, reporter)
     run_state = await _open_run(conn, options, reporter)
+    run_state.custom_tables = frozenset(r[0] for r in await conn.fetch(CUSTOM_TABLES_SQL))
     results = [
         ResourceResult(
             r.name,
@@ -870,6 +902,8 @@ async def _write_page(
             _count(page, _final_status(status, None), samples, object_id)
         if resource.prune_sql is not None:
             run_state.seen.setdefault(resource.name, []).extend(listed)
+        same = [object_id for object_id, status in statuses.items() if status in _SAME]
+        page.filled = await _fill(conn, run_state, resource, items, same, offset, True, reporter)
         return page
 
     async with conn.transaction():
@@ -881,6 +915,12 @@ async def _write_page(
                 page.errors += 1
                 continue
             _count(page, _final_status(status, outcomes.get(object_id)), samples, object_id)
+        same = [
+            object_id
+            for object_id, status in statuses.items()
+            if status in _SAME and outcomes.get(object_id, "") is not None
+        ]
+        page.filled = await _fill(conn, run_state, resource, items, same, offset, False, reporter)
         if resource.prune_sql is not None:
             await conn.execute(RECORD_SEEN_SQL, run_state.id, resource.name, list(listed))
         counts = {name: Tally() for name in run_state.tallies}
@@ -904,6 +944,41 @@ async def _write_page(
 
 
 _WRITE = frozenset({"created", "updated", "signed_in"})
+# Rows at the object's version, whose custom columns the write path does not set again.
+_SAME = frozenset({"unchanged", "signed_in"})
+
+
+async def _fill(
+    conn: asyncpg.Connection,
+    run_state: _Run,
+    resource: Resource,
+    items: Sequence[ClerkObject],
+    same: Sequence[str],
+    offset: int,
+    dry_run: bool,
+    reporter: Reporter,
+) -> int:
+    """Fill (or, dry_run, count) the custom columns of the page's rows of the same version
+    (`same`, ids) from the listed objects: one statement, only when the resource's table has
+    custom columns. A row another transaction holds is left to the next run, and said."""
+    if resource.columns_of not in run_state.custom_tables or not same:
+        return 0
+    by_id = {str(obj.get("id")): obj for obj in items}
+    objects = [orjson.dumps(by_id[object_id]).decode() for object_id in same]
+    if dry_run:
+        return int(await conn.fetchval(COUNT_FILL_SQL, resource.columns_of, objects))
+    try:
+        async with conn.transaction():  # a savepoint: the page's writes stay
+            await conn.execute(f"set local lock_timeout = '{FILL_LOCK_TIMEOUT}'")
+            filled = await conn.fetchval(f"select {resource.fill_function}($1::jsonb[])", objects)
+            await conn.execute("set local lock_timeout to default")
+    except asyncpg.LockNotAvailableError:
+        reporter.note(
+            f"the custom columns of the {resource.name} at offset {offset} were not filled: "
+            "another transaction holds one of them; the next run fills them"
+        )
+        return 0
+    return int(filled)
 
 
 async def _classify(

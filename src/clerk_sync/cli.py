@@ -24,6 +24,7 @@ import typer
 from typer.core import TyperGroup
 
 from clerk_sync import database, logs, migrations
+from clerk_sync.custom_columns import CustomColumn, HeldColumn, held_columns, lacking_warning
 from clerk_sync.datadir import create_dev_secret, read_dev_secret
 from clerk_sync.errors import ClerkSyncError, ConfigError, DatabaseUnavailable
 from clerk_sync.settings import (
@@ -35,6 +36,7 @@ from clerk_sync.settings import (
 )
 from clerk_sync.storage import open_store
 from clerk_sync.storage.embedded import embedded_postgres
+from clerk_sync.storage.rest import RestStore
 
 
 class Commands(TyperGroup):
@@ -158,16 +160,49 @@ def check_rest_schema(settings: Settings, backend: RestBackend) -> None:
     """REST mode cannot migrate: at start, stop with how to create the schema if it is not there
     (or if Supabase refuses the key)."""
 
-    async def not_ready_reason() -> str | None:
+    columns = settings.custom_columns
+
+    async def not_ready_reason() -> tuple[str | None, list[CustomColumn]]:
         store = await open_store(settings, backend)
         try:
-            return await store.not_ready_reason()
+            reason = await store.not_ready_reason()
+            if reason or not columns or not isinstance(store, RestStore):
+                return reason, []
+            return None, await store.missing_columns(columns)
         finally:
             await store.close()
 
-    reason = asyncio.run(not_ready_reason())
+    reason, lacking = asyncio.run(not_ready_reason())
     if reason:
         raise DatabaseUnavailable(reason)
+    if lacking:
+        how = "the current `clerk-sync schema` is applied (`supabase db push`)"
+        typer.echo(f"clerk-sync: warning: {lacking_warning(columns, lacking, how)}", err=True)
+
+
+def check_custom_columns(settings: Settings, dsn: str) -> None:
+    """`serve --no-migrate`: say, at start, which declared custom columns the database lacks
+    or holds with another type. A warning, not a refusal: see README, "Your own columns"."""
+    columns = settings.custom_columns
+    if not columns:
+        return
+
+    async def held(conn: asyncpg.Connection) -> list[HeldColumn]:
+        return await held_columns(conn, columns)
+
+    found = on_database(settings, dsn, held, "read the custom columns", then="check DATABASE_URL")
+    lacking = [h.column for h in found if h.held is None]
+    if lacking:
+        how = "`clerk-sync migrate` runs"
+        typer.echo(f"clerk-sync: warning: {lacking_warning(columns, lacking, how)}", err=True)
+    for h in found:
+        if h.held is not None and not h.same:
+            typer.echo(
+                f"clerk-sync: warning: public.{h.column.label} is {h.held}, and "
+                f"{columns.source} says {h.column.type}: deliveries write it as the database "
+                f"was last migrated; `clerk-sync migrate --retype {h.column.label}` changes it",
+                err=True,
+            )
 
 
 class LogLevel(enum.StrEnum):
@@ -282,6 +317,8 @@ def serve(
     with direct_database(settings) as dsn:
         if not no_migrate:
             run_migrations(settings, dsn)
+        else:
+            check_custom_columns(settings, dsn)
         run_server(settings, dsn, backend.where, forwarded_allow_ips, log_level.value)
 
 

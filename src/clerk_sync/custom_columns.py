@@ -325,6 +325,58 @@ EVENT_WRITES: dict[str, tuple[tuple[Table, tuple[str, ...]], ...]] = {
 }
 
 
+# --- the database's columns --------------------------------------------------------------------
+
+# Each declared column as the database has it: its type there (null: no such column) and
+# whether that is the declared type. $1..$3: table, column, declared type of each.
+HELD_SQL = """
+select d.n, pg_catalog.format_type(a.atttypid, a.atttypmod) as held,
+       a.atttypid = d.type::pg_catalog.regtype as same
+from unnest($1::text[], $2::text[], $3::text[]) with ordinality as d(tbl, col, type, n)
+left join pg_catalog.pg_attribute as a
+    on a.attrelid = pg_catalog.to_regclass('public.' || pg_catalog.quote_ident(d.tbl))
+   and a.attname = d.col and a.attnum > 0 and not a.attisdropped
+order by d.n
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldColumn:
+    """A declared column as the database holds it: `held` its type there (None: missing)."""
+
+    column: CustomColumn
+    held: str | None
+    same: bool
+
+
+async def held_columns(conn: Any, columns: CustomColumns) -> list[HeldColumn]:
+    """Each declared column as the database at `conn` (an asyncpg connection) has it."""
+    if not columns:
+        return []
+    rows = await conn.fetch(
+        HELD_SQL,
+        [c.table for c in columns.columns],
+        [c.name for c in columns.columns],
+        [c.type for c in columns.columns],
+    )
+    return [
+        HeldColumn(column, row["held"], bool(row["same"]))
+        for column, row in zip(columns.columns, rows, strict=True)
+    ]
+
+
+def lacking_warning(columns: CustomColumns, lacking: list[CustomColumn], how: str) -> str:
+    """The one line `serve` says at start when the database lacks declared columns (`how`:
+    what creates them)."""
+    names = ", ".join(f"public.{c.label}" for c in lacking)
+    where = columns.source or DEFAULT_CONFIG_FILE
+    return (
+        f"{where} declares {'a column' if len(lacking) == 1 else 'columns'} this database lacks "
+        f"({names}): deliveries apply without {'it' if len(lacking) == 1 else 'them'} until "
+        f"{how}"
+    )
+
+
 # --- the file ----------------------------------------------------------------------------------
 
 

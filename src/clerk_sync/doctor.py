@@ -11,6 +11,7 @@ key than its first 8 characters, nor any part of a DSN's password.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import socket
 import time
 from collections.abc import Iterable, Mapping
@@ -26,6 +27,13 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from clerk_sync import migrations
 from clerk_sync.app import WEBHOOK_PATH
+from clerk_sync.custom_columns import (
+    NO_COLUMNS,
+    CustomColumn,
+    CustomColumns,
+    held_columns,
+    load_custom_columns,
+)
 from clerk_sync.database import (
     CONNECT_ERRORS,
     DATABASE_ERRORS,
@@ -402,8 +410,11 @@ def _reason(exc: BaseException, timeout: float) -> str:
     return text or type(exc).__name__
 
 
-async def check_database(dsn: str, *, described: str, timeout: float = 5.0) -> list[Finding]:
-    """Reachable, migrated, and, on Supabase, locked down as the migration leaves it."""
+async def check_database(
+    dsn: str, *, described: str, timeout: float = 5.0, columns: CustomColumns = NO_COLUMNS
+) -> list[Finding]:
+    """Reachable, migrated (the custom `columns` too), and, on Supabase, locked down as the
+    migration leaves it."""
     where = f"{describe_dsn(dsn)}, from {described}"
     findings: list[Finding] = []
     try:
@@ -423,7 +434,7 @@ async def check_database(dsn: str, *, described: str, timeout: float = 5.0) -> l
                         "port 6543 is Supabase's transaction pooler: prepared statements are off",
                     )
                 )
-            findings.extend(await _check_schema(conn))
+            findings.extend(await _check_schema(conn, columns))
     except DATABASE_ERRORS as exc:
         findings.append(fail("database", f"checking {where} failed: {_reason(exc, timeout)}"))
     finally:
@@ -434,7 +445,7 @@ async def check_database(dsn: str, *, described: str, timeout: float = 5.0) -> l
     return findings
 
 
-async def _check_schema(conn: asyncpg.Connection) -> list[Finding]:
+async def _check_schema(conn: asyncpg.Connection, columns: CustomColumns) -> list[Finding]:
     version = await migrations.current_version(conn)
     latest = migrations.latest_version()
     if version < latest:
@@ -455,6 +466,7 @@ async def _check_schema(conn: asyncpg.Connection) -> list[Finding]:
         ]
     else:
         found = [ok("schema", f"at version {version} (current)")]
+    found += await check_custom_columns(conn, columns)
     if not await conn.fetchval(SUPABASE_SQL, list(SUPABASE_ROLES), len(SUPABASE_ROLES)):
         found.append(
             skip(
@@ -499,6 +511,179 @@ async def _check_lockdown(conn: asyncpg.Connection) -> list[Finding]:
         )
     else:
         found.append(ok("grants", "schema clerk_sync is out of reach of anon and authenticated"))
+    return found
+
+
+# --- custom columns (clerk-sync.toml) ------------------------------------------------------------
+
+COLUMNS_TOPIC = "custom columns"
+
+# What `migrate` last made of each custom column (sql/migrations/0010_custom_columns.sql).
+REGISTERED_SQL = """
+select table_name, column_name, path, type, default_sql, applied_at
+from clerk_sync.custom_columns order by table_name, column_name
+"""
+
+# When a backfill last went through each resource to the end.
+BACKFILLED_SQL = """
+select r.resource, max(b.finished_at) as finished_at
+from clerk_sync.backfill_runs as b cross join unnest(b.resources) as r(resource)
+where b.outcome = 'completed'
+group by r.resource
+"""
+
+# The backfill's resource (backfill.py) that lists each table's objects.
+BACKFILL_RESOURCE = {
+    "users": "users",
+    "organizations": "organizations",
+    "organization_memberships": "memberships",
+}
+
+
+def load_columns(sources: Sources) -> CustomColumns | Finding:
+    """The columns file `serve` would read (CLERK_SYNC_CONFIG, else ./clerk-sync.toml), or the
+    finding that says what is wrong with it."""
+    named = sources.value("config_file")
+    try:
+        return load_custom_columns(Path(named) if named else None)
+    except ConfigError as exc:
+        return fail(COLUMNS_TOPIC, str(exc))
+
+
+async def check_custom_columns(conn: asyncpg.Connection, columns: CustomColumns) -> list[Finding]:
+    """Each declared column against the database's: there with its type, and as `migrate`
+    last made it; the rows a backfill has yet to fill; the columns no longer declared. Nothing
+    when none is declared or registered."""
+    registered = {(r["table_name"], r["column_name"]): r for r in await conn.fetch(REGISTERED_SQL)}
+    if not columns and not registered:
+        return []
+    backfilled = {r["resource"]: r["finished_at"] for r in await conn.fetch(BACKFILLED_SQL)}
+    source = columns.source or "clerk-sync.toml"
+    found: list[Finding] = []
+    fine: dict[str, list[str]] = {}
+    for held in await held_columns(conn, columns):
+        column, label = held.column, f"public.{held.column.label}"
+        record = registered.get((column.table, column.name))
+        if held.held is None:
+            found.append(
+                fail(
+                    COLUMNS_TOPIC,
+                    f"{label} ({column.type}) is in {source} but not in the database, so "
+                    "deliveries do not write it: run `clerk-sync migrate` (REST mode: apply the "
+                    "current `clerk-sync schema` with `supabase db push`)",
+                )
+            )
+        elif not held.same:
+            found.append(
+                fail(
+                    COLUMNS_TOPIC,
+                    f"{label} is {held.held}, and {source} says {column.type}: run `clerk-sync "
+                    f"migrate --retype {column.label}`, which drops it (losing what it holds) "
+                    "and adds and fills it again",
+                )
+            )
+        elif record is None:
+            found.append(
+                fail(
+                    COLUMNS_TOPIC,
+                    f"{label} is there, but the database was not migrated with it in {source}, "
+                    "so deliveries do not write it: run `clerk-sync migrate`, which takes it "
+                    "over and fills it",
+                )
+            )
+        elif (record["path"], record["type"], record["default_sql"]) != (
+            column.dotted_path,
+            column.type,
+            column.default_sql,
+        ):
+            found.append(
+                fail(
+                    COLUMNS_TOPIC,
+                    f"{label} is written from {record['path']} (default {record['default_sql']}) "
+                    f"as the database was last migrated, and {source} says {column.dotted_path} "
+                    f"(default {column.default_sql}): run `clerk-sync migrate`, which fills it "
+                    "again",
+                )
+            )
+        else:
+            fine.setdefault(column.table, []).append(f"{column.name} {column.type}")
+            found += _unfilled(column, record["applied_at"], backfilled)
+    found[:0] = [
+        ok(COLUMNS_TOPIC, f"public.{table}: {', '.join(names)}, as {source} declares")
+        for table, names in fine.items()
+    ]
+    for (table, name), record in registered.items():
+        if columns.find(f"{table}.{name}") is None:
+            found.append(
+                warn(
+                    COLUMNS_TOPIC,
+                    f"public.{table}.{name} ({record['path']}) is no longer in {source}, but the "
+                    "database was last migrated with it, so deliveries still write it: run "
+                    "`clerk-sync migrate`, which stops that and leaves the column as it is "
+                    f"(drop it when nothing reads it: alter table public.{table} drop column "
+                    f"{name})",
+                )
+            )
+    return found
+
+
+def _unfilled(
+    column: CustomColumn, added: dt.datetime, backfilled: Mapping[str, dt.datetime]
+) -> list[Finding]:
+    """A column on a path whose data clerk-sync does not keep holds its default in the rows
+    synced before it was added, until a backfill (completed since) fills them."""
+    _, kept = migrations.fill_sql(column)
+    last = backfilled.get(BACKFILL_RESOURCE[column.table])
+    if kept or (last is not None and last > added):
+        return []
+    return [
+        warn(
+            COLUMNS_TOPIC,
+            f"public.{column.label} is on {column.dotted_path}, which clerk-sync does not keep: "
+            f"rows synced before it was added ({added:%Y-%m-%d %H:%M} UTC) hold its default "
+            "until `clerk-sync backfill` fills them from Clerk",
+        )
+    ]
+
+
+async def check_rest_columns(
+    backend: RestBackend, columns: CustomColumns, timeout: float
+) -> list[Finding]:
+    """REST mode: whether the declared columns are there, as far as Supabase's REST API shows
+    (not their types)."""
+    from clerk_sync.storage.base import StoreUnavailable
+    from clerk_sync.storage.rest import RestStore
+
+    store = RestStore(backend.url, backend.key, timeout=timeout)
+    try:
+        missing = await store.missing_columns(columns)
+    except StoreUnavailable as exc:
+        return [fail(COLUMNS_TOPIC, f"cannot check them through Supabase's REST API: {exc}")]
+    finally:
+        await store.close()
+    source = columns.source or "clerk-sync.toml"
+    found = [
+        fail(
+            COLUMNS_TOPIC,
+            f"public.{c.label} is in {source} but Supabase's REST API does not find it, so "
+            "deliveries do not write it: apply the current `clerk-sync schema` with "
+            "`supabase db push`",
+        )
+        for c in missing
+    ]
+    there: dict[str, list[str]] = {}
+    for column in columns.columns:
+        if column not in missing:
+            there.setdefault(column.table, []).append(column.name)
+    found[:0] = [
+        ok(
+            COLUMNS_TOPIC,
+            f"public.{table}: {', '.join(names)} found through Supabase's REST API, which does "
+            "not show their types (`clerk-sync doctor --database-url postgresql://…` checks "
+            "those)",
+        )
+        for table, names in there.items()
+    ]
     return found
 
 
@@ -877,6 +1062,10 @@ def run(
         configured = sources.value("data_dir")
         data_dir = Path(configured) if configured else DEFAULT_DATA_DIR
     findings = check_signing_secrets(sources, data_dir)
+    columns = load_columns(sources)
+    if isinstance(columns, Finding):
+        findings.append(columns)
+        columns = NO_COLUMNS
     target = database_target(sources, database_url, data_dir)
     direct = isinstance(target, DatabaseTarget) and isinstance(target.backend, PostgresBackend)
     findings += check_supabase_key(sources, direct=direct)
@@ -884,7 +1073,9 @@ def run(
         findings.append(target)
     elif isinstance(target.backend, PostgresBackend):
         findings += asyncio.run(
-            check_database(target.backend.dsn, described=target.described, timeout=timeout)
+            check_database(
+                target.backend.dsn, described=target.described, timeout=timeout, columns=columns
+            )
         )
     elif isinstance(target.backend, RestBackend):
         findings.append(
@@ -894,15 +1085,19 @@ def run(
                 "connection; run `clerk-sync doctor --database-url postgresql://…` for them",
             )
         )
+        if columns:
+            findings += asyncio.run(check_rest_columns(target.backend, columns, timeout))
     else:
-        findings += _check_embedded(target.backend, timeout)
+        findings += _check_embedded(target.backend, timeout, columns)
     findings += check_session_sync(sources, timeout=timeout)
     if url:
         findings += asyncio.run(check_endpoint(url, timeout=max(timeout, 10.0)))
     return findings
 
 
-def _check_embedded(backend: EmbeddedBackend, timeout: float) -> list[Finding]:
+def _check_embedded(
+    backend: EmbeddedBackend, timeout: float, columns: CustomColumns
+) -> list[Finding]:
     data_dir = backend.data_dir
     if not (pgdata_path(data_dir) / "PG_VERSION").is_file():
         return [
@@ -917,7 +1112,9 @@ def _check_embedded(backend: EmbeddedBackend, timeout: float) -> list[Finding]:
     try:
         with embedded_postgres(data_dir) as dsn:
             described = f"the embedded database in {data_dir}"
-            return asyncio.run(check_database(dsn, described=described, timeout=timeout))
+            return asyncio.run(
+                check_database(dsn, described=described, timeout=timeout, columns=columns)
+            )
     except EmbeddedPostgresError as exc:
         return [fail("database", str(exc))]
 

@@ -186,6 +186,7 @@ def repeatables(columns: CustomColumns | None = None) -> tuple[Repeatable, ...]:
 
 MARKER = re.compile(r"^(?P<lead>.*?)-- custom columns of (?P<table>\w+): (?P<part>.+)$", re.M)
 KEEPING = re.compile(r"updates, keeping (\w+)'s when excluded\.updated_at is null")
+CHANGED = re.compile(r"changed(?: in (?P<row>\w+))? from (?P<source>.+)")
 
 
 def _fragment(declared: tuple[CustomColumn, ...], part: str) -> list[str]:
@@ -207,10 +208,11 @@ def _fragment(declared: tuple[CustomColumn, ...], part: str) -> list[str]:
         return [c.value_sql(source) + "," for c in declared]
     if part.startswith("sets from "):
         return [f"{c.quoted} = {c.value_sql(source)}," for c in declared]
-    if part.startswith("changed from "):
+    if changed := CHANGED.fullmatch(part):
         if not declared:
             return ["false and"]
-        held = ", ".join(f"u.{name}" for name in names)
+        source, row = changed["source"], changed["row"] or "u"
+        held = ", ".join(f"{row}.{name}" for name in names)
         sent = ", ".join(c.value_sql(source) for c in declared)
         return [f"row({held}) is distinct from row({sent}) and"]
     raise ValueError(f"unknown custom columns marker part {part!r}")
@@ -221,7 +223,8 @@ def render_custom_columns(sql: str, columns: CustomColumns) -> str:
     table's declared columns, at the line's indentation: `names` (of an insert), `values from
     <jsonb>` (its values), `updates` (of `on conflict do update`), `updates, keeping <alias>'s when
     excluded.updated_at is null`, `sets from <jsonb>` (of an update), `changed from <jsonb>` (a
-    condition of its where clause, ending in `and`)."""
+    condition of its where clause, ending in `and`, comparing the row `u`; `changed in <alias>
+    from <jsonb>` for another alias)."""
 
     def expand(marker: re.Match[str]) -> str:
         table: Table = marker["table"]  # type: ignore[assignment]

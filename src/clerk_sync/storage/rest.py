@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from clerk_sync.custom_columns import TABLES, CustomColumn, CustomColumns
 from clerk_sync.events import ClerkEvent, Outcome
 from clerk_sync.migrations import latest_version
 from clerk_sync.sqlstate import describe_failure, refuses_event
@@ -39,6 +40,8 @@ _USER_SELECT = ",".join(USER_COLUMNS)
 _USER_TIMES = ("created_at", "updated_at", "last_sign_in_at", "deleted_at")
 # PostgREST's error code for "no such function in the schema cache".
 FUNCTION_NOT_FOUND = "PGRST202"
+# A selected column that is not there: PostgreSQL's SQLSTATE, or PostgREST's schema cache's code.
+UNDEFINED_COLUMN = ("42703", "PGRST204")
 
 SCHEMA_HINT = (
     "create it with `clerk-sync schema` saved as a migration and `supabase db push` "
@@ -170,6 +173,38 @@ class RestStore:
                 "DATABASE_URL set)"
             )
         return None
+
+    async def missing_columns(self, columns: CustomColumns) -> list[CustomColumn]:
+        """The declared custom columns that Supabase's REST API does not find (their types are
+        out of its sight): one GET per table with custom columns, and one per column of a table
+        where some are missing."""
+        missing: list[CustomColumn] = []
+        for table in TABLES:
+            declared = columns.of(table)
+            if declared and not await self._selects(table, declared):
+                missing += [c for c in declared if not await self._selects(table, (c,))]
+        return missing
+
+    async def _selects(self, table: str, declared: tuple[CustomColumn, ...]) -> bool:
+        """Whether PostgREST selects these columns of public.<table> (reading no row)."""
+        params = {"select": ",".join(c.name for c in declared), "id": "eq.clerk-sync:probe"}
+        try:
+            response = await self._client.get(
+                self._tables_url + table, params=params, timeout=self._timeout
+            )
+        except httpx.HTTPError as exc:
+            raise StoreUnavailable(
+                f"cannot reach Supabase ({self._host}): {type(exc).__name__}: {exc}"
+            ) from None
+        if response.is_success:
+            return True
+        try:
+            code = orjson.loads(response.content).get("code")
+        except (orjson.JSONDecodeError, AttributeError):
+            code = None
+        if response.status_code == 400 and code in UNDEFINED_COLUMN:
+            return False
+        raise self._failure(table, response, log_errors=False)
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -101,7 +101,8 @@ $$;
 -- Backend API returns them), for each row that holds the same version (updated_at) as the object
 -- (a row that is newer or older is the write path's to change), keeping its private_metadata as
 -- the write path does. Returns how many rows changed. A row whose columns hold these values already
--- is not written.
+-- is not written, nor is a deleted one. Called per page (backfill.py), only when custom columns of
+-- users are declared; with none, it changes nothing.
 create or replace function clerk_sync.fill_custom_columns(p_users jsonb[])
 returns bigint
 language plpgsql
@@ -126,8 +127,98 @@ begin
     from pg_catalog.unnest(p_users) as d(data)
     where -- custom columns of users: changed from d.data
           u.id = d.data ->> 'id'
-      and u.updated_at = clerk_sync.ms_to_timestamptz(d.data -> 'updated_at');
+      and u.updated_at = clerk_sync.ms_to_timestamptz(d.data -> 'updated_at')
+      and u.deleted_at is null;
     get diagnostics v_rows = row_count;
     return v_rows;
+end
+$$;
+
+-- The same for organizations, from Clerk's organization objects (GET /v1/organizations).
+create or replace function clerk_sync.fill_organization_custom_columns(p_organizations jsonb[])
+returns bigint
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_rows bigint;
+begin
+    update public.organizations as o set
+        -- custom columns of organizations: sets from d.data
+        updated_at = o.updated_at
+    from pg_catalog.unnest(p_organizations) as d(data)
+    where -- custom columns of organizations: changed in o from d.data
+          o.id = d.data ->> 'id'
+      and o.updated_at = clerk_sync.ms_to_timestamptz(d.data -> 'updated_at')
+      and o.deleted_at is null;
+    get diagnostics v_rows = row_count;
+    return v_rows;
+end
+$$;
+
+-- The same for memberships, from Clerk's membership objects (GET /v1/organization_memberships).
+create or replace function clerk_sync.fill_membership_custom_columns(p_memberships jsonb[])
+returns bigint
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+    v_rows bigint;
+begin
+    update public.organization_memberships as m set
+        -- custom columns of organization_memberships: sets from d.data
+        updated_at = m.updated_at
+    from pg_catalog.unnest(p_memberships) as d(data)
+    where -- custom columns of organization_memberships: changed in m from d.data
+          m.id = d.data ->> 'id'
+      and m.updated_at = clerk_sync.ms_to_timestamptz(d.data -> 'updated_at')
+      and m.deleted_at is null;
+    get diagnostics v_rows = row_count;
+    return v_rows;
+end
+$$;
+
+-- For `clerk-sync backfill --dry-run`, which writes nothing: how many rows of p_table ('users',
+-- 'organizations' or 'organization_memberships') the fills above would change for these objects.
+-- (plpgsql, as they are: its body names the custom columns, which `migrate` adds after this file.)
+create or replace function clerk_sync.custom_columns_to_fill(p_table text, p_objects jsonb[])
+returns bigint
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+    if p_table = 'users' then
+        return (
+            select count(*)
+            from pg_catalog.unnest(p_objects) as d(data)
+            join public.users as u on u.id = d.data ->> 'id'
+                and u.updated_at = clerk_sync.ms_to_timestamptz(d.data -> 'updated_at')
+                and u.deleted_at is null
+            where -- custom columns of users: changed from d.data
+                  true
+        );
+    elsif p_table = 'organizations' then
+        return (
+            select count(*)
+            from pg_catalog.unnest(p_objects) as d(data)
+            join public.organizations as o on o.id = d.data ->> 'id'
+                and o.updated_at = clerk_sync.ms_to_timestamptz(d.data -> 'updated_at')
+                and o.deleted_at is null
+            where -- custom columns of organizations: changed in o from d.data
+                  true
+        );
+    end if;
+    return (
+        select count(*)
+        from pg_catalog.unnest(p_objects) as d(data)
+        join public.organization_memberships as m on m.id = d.data ->> 'id'
+            and m.updated_at = clerk_sync.ms_to_timestamptz(d.data -> 'updated_at')
+            and m.deleted_at is null
+        where -- custom columns of organization_memberships: changed in m from d.data
+              true
+    );
 end
 $$;
