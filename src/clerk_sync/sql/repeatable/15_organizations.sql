@@ -302,28 +302,52 @@ begin
     left join member_written as w on w.n = e.n;
 
     if v_writes is not null then
-        -- The pair's live membership, created earlier, ends: a membership written replaces it;
-        -- a delete ends its own.
-        insert into clerk_sync.membership_tombstones as t (
-            membership_id, organization_id, user_id, created_at, deleted_at, svix_id
+        -- Most memberships written end none (a new pair, or its own row updated).
+        if v_ended is not null then
+            -- The pair's live membership, created earlier, ends: a membership written replaces it;
+            -- a delete ends its own.
+            insert into clerk_sync.membership_tombstones as t (
+                membership_id, organization_id, user_id, created_at, deleted_at, svix_id
+            )
+            select r.id, r.organization_id, r.user_id, r.created_at, now(), w.svix_id
+            from pg_catalog.jsonb_to_recordset(v_writes) as w(
+                kind text, svix_id text, member_id text, organization_id text, user_id text)
+            join public.organization_memberships as r
+                on r.organization_id = w.organization_id and r.user_id = w.user_id
+                   and r.id <> w.member_id and r.deleted_at is null
+            where w.kind = 'membership'
+            union all
+            select w.member_id, w.organization_id, w.user_id, w.created, now(), w.svix_id
+            from pg_catalog.jsonb_to_recordset(v_writes) as w(
+                kind text, svix_id text, member_id text, organization_id text, user_id text,
+                created timestamptz)
+            where w.kind = 'membership_delete'
+            on conflict (membership_id) do nothing;
+
+            perform clerk_sync.end_memberships(v_ended, p_delete_mode);
+        end if;
+
+        -- Their private_metadata, kept as the organizations' above, with the rows.
+        with written as (
+            select w.* from pg_catalog.jsonb_to_recordset(v_writes)
+                as w(kind text, member_id text, data jsonb)
+            where w.kind = 'membership'
+        ),
+        private_kept as (
+            insert into clerk_sync.membership_private_metadata as p (
+                membership_id, private_metadata
+            )
+            select w.member_id, clerk_sync.private_to_keep(w.data) from written as w
+            where clerk_sync.private_to_keep(w.data) is not null
+            on conflict (membership_id) do update set private_metadata = excluded.private_metadata
+            returning p.membership_id
+        ),
+        private_dropped as (
+            delete from clerk_sync.membership_private_metadata as p
+            using written as w
+            where p.membership_id = w.member_id and clerk_sync.private_to_keep(w.data) is null
+            returning p.membership_id
         )
-        select r.id, r.organization_id, r.user_id, r.created_at, now(), w.svix_id
-        from pg_catalog.jsonb_to_recordset(v_writes)
-                 as w(kind text, svix_id text, member_id text, organization_id text, user_id text)
-        join public.organization_memberships as r
-            on r.organization_id = w.organization_id and r.user_id = w.user_id
-               and r.id <> w.member_id and r.deleted_at is null
-        where w.kind = 'membership'
-        union all
-        select w.member_id, w.organization_id, w.user_id, w.created, now(), w.svix_id
-        from pg_catalog.jsonb_to_recordset(v_writes)
-                 as w(kind text, svix_id text, member_id text, organization_id text, user_id text,
-                      created timestamptz)
-        where w.kind = 'membership_delete'
-        on conflict (membership_id) do nothing;
-
-        perform clerk_sync.end_memberships(v_ended, p_delete_mode);
-
         insert into public.organization_memberships as m (
             -- custom columns of organization_memberships: names
             id, organization_id, user_id, role, permissions, public_metadata,
@@ -353,17 +377,6 @@ begin
             created_at = coalesce(excluded.created_at, m.created_at),
             updated_at = excluded.updated_at;
 
-        -- Their private_metadata, kept as the organizations' above.
-        delete from clerk_sync.membership_private_metadata as p
-        where p.membership_id = any(array(
-            select w.member_id
-            from pg_catalog.jsonb_to_recordset(v_writes) as w(kind text, member_id text, data jsonb)
-            where w.kind = 'membership' and clerk_sync.private_to_keep(w.data) is null));
-        insert into clerk_sync.membership_private_metadata as p (membership_id, private_metadata)
-        select w.member_id, clerk_sync.private_to_keep(w.data)
-        from pg_catalog.jsonb_to_recordset(v_writes) as w(kind text, member_id text, data jsonb)
-        where w.kind = 'membership' and clerk_sync.private_to_keep(w.data) is not null
-        on conflict (membership_id) do update set private_metadata = excluded.private_metadata;
     end if;
 
     return query
@@ -442,14 +455,12 @@ begin
     end if;
 
     if not v_one_by_one then
-        for v_event in
-            select w.n, w.outcome
-            from clerk_sync.apply_organization_writes(p_svix_ids, p_events, 1, p_delete_mode, '{}')
-                as w
-        loop
-            v_outcomes[v_event.n] := v_event.outcome;
-        end loop;
-        return v_outcomes;
+        return array(
+            select w.outcome
+            from pg_catalog.generate_series(1, pg_catalog.cardinality(p_events)) as g(n)
+            left join clerk_sync.apply_organization_writes(p_svix_ids, p_events, 1, p_delete_mode,
+                                                           '{}') as w on w.n = g.n
+            order by g.n);
     end if;
 
     for v_event in
