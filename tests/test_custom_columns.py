@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -348,7 +349,7 @@ async def _apply(dsn: str, events: list[dict[str, Any]]) -> list[str]:
     try:
         rows = await conn.fetch(
             "select event_outcome from public.clerk_sync_apply_batch($1, $2::jsonb[])",
-            [f"msg_{i}_{id(e)}" for i, e in enumerate(events)],
+            [f"msg_{uuid.uuid4().hex}" for _ in events],  # id(e) may be an earlier event's
             [json.dumps(e) for e in events],
         )
     finally:
@@ -520,6 +521,112 @@ def test_organizations_and_memberships_columns(cc_db: str) -> None:
     ]
     # The membership's newer organization (a tier that does not convert) sets the default.
     assert support.fetch(cc_db, "select tier from public.organizations") == [{"tier": "basic"}]
+
+
+def test_organizations_and_memberships_private_metadata_is_kept_as_users_is(
+    pg_server: str,
+) -> None:
+    """Kept only when not empty, from the newest applied version, dropped when it empties or
+    its row ends; and a column on it added later is filled from it, without Clerk."""
+    org_kept = (
+        "select organization_id as id, private_metadata"
+        " from clerk_sync.organization_private_metadata"
+    )
+    member_kept = (
+        "select membership_id as id, private_metadata from clerk_sync.membership_private_metadata"
+    )
+
+    def kept(sql: str) -> dict[str, Any]:
+        return {r["id"]: json.loads(r["private_metadata"]) for r in support.fetch(dsn, sql)}
+
+    def member(member_id: str, org_id: str, user_id: str, at: int, private: Any) -> dict[str, Any]:
+        event = support.membership_event(
+            "organizationMembership.updated", member_id, org_id, user_id, at, org_updated_at=T0
+        )
+        event["data"]["private_metadata"] = private
+        return event
+
+    dsn = support.create_database(pg_server, migrate=False)
+    try:
+        assert migrate(dsn, CustomColumns()) == []
+        # One batch, set-based: two organizations (one sent twice), two memberships.
+        assert (
+            apply(
+                dsn,
+                support.organization_event(
+                    "organization.created", "org_1", T0, private_metadata={"stripe": "cus_0"}
+                ),
+                support.organization_event(
+                    "organization.updated", "org_1", T0 + 1, private_metadata={"stripe": "cus_1"}
+                ),
+                support.organization_event(
+                    "organization.created", "org_2", T0, private_metadata={}
+                ),
+                member("orgmem_1", "org_1", "user_1", T0, {"seats": 3}),
+                member("orgmem_2", "org_2", "user_1", T0, None),
+            )
+            == ["applied"] * 5
+        )
+        assert kept(org_kept) == {"org_1": {"stripe": "cus_1"}}
+        assert kept(member_kept) == {"orgmem_1": {"seats": 3}}
+
+        columns = parse(
+            "[organizations.columns]\n"
+            "stripe = { path = 'private_metadata.stripe', private = true }\n"
+            "[organization_memberships.columns]\n"
+            "seats = { path = 'private_metadata.seats', type = 'integer', private = true }\n"
+        )
+        said = migrate(dsn, columns)
+        assert all("from private_metadata." in line for line in said), said
+        assert support.fetch(dsn, "select id, stripe from public.organizations order by id") == [
+            {"id": "org_1", "stripe": "cus_1"},
+            {"id": "org_2", "stripe": None},
+        ]
+        assert support.fetch(
+            dsn, "select id, seats from public.organization_memberships order by id"
+        ) == [
+            {"id": "orgmem_1", "seats": 3},
+            {"id": "orgmem_2", "seats": None},
+        ]
+
+        # An older version changes nothing; a newer empty one drops it (one event at a time, too).
+        assert apply(
+            dsn,
+            support.organization_event(
+                "organization.updated", "org_1", T0, private_metadata={"stripe": "cus_old"}
+            ),
+        ) == ["stale"]
+        assert kept(org_kept) == {"org_1": {"stripe": "cus_1"}}
+        assert (
+            apply(
+                dsn,
+                member("orgmem_2", "org_2", "user_1", T0 + 1, {"seats": 5}),
+                member("orgmem_1", "org_1", "user_1", T0 + 1, {}),
+                support.deleted_event("user_2"),  # one by one
+            )
+            == ["applied"] * 3
+        )
+        assert kept(member_kept) == {"orgmem_2": {"seats": 5}}
+        # An ended membership's and a deleted organization's are dropped.
+        assert (
+            apply(
+                dsn,
+                support.organization_event("organization.deleted", "org_2", 0),
+                support.organization_event(
+                    "organization.updated", "org_1", T0 + 2, private_metadata={"stripe": "cus_2"}
+                ),
+            )
+            == ["applied"] * 2
+        )
+        assert kept(org_kept) == {"org_1": {"stripe": "cus_2"}}
+        assert kept(member_kept) == {}
+        assert apply(dsn, member("orgmem_3", "org_1", "user_3", T0 + 1, {"seats": 1})) == [
+            "applied"
+        ]
+        assert apply(dsn, support.deleted_event("user_3")) == ["applied"]
+        assert kept(member_kept) == {}
+    finally:
+        support.drop_database(pg_server, dsn)
 
 
 def test_columns_are_filled_for_rows_already_synced_without_clerk(pg_server: str) -> None:

@@ -250,6 +250,8 @@ KEPT: dict[Table, dict[str, str]] = {
     },
     "organizations": {
         "public_metadata": "t.public_metadata",
+        "private_metadata": "(select m.private_metadata from "
+        "clerk_sync.organization_private_metadata as m where m.organization_id = t.id)",
         **{
             field: f"pg_catalog.to_jsonb(t.{field})"
             for field in ("name", "slug", "image_url", "created_by")
@@ -257,6 +259,8 @@ KEPT: dict[Table, dict[str, str]] = {
     },
     "organization_memberships": {
         "public_metadata": "t.public_metadata",
+        "private_metadata": "(select m.private_metadata from clerk_sync.membership_private_metadata"
+        " as m where m.membership_id = t.id)",
         "role": "pg_catalog.to_jsonb(t.role)",
     },
 }

@@ -20,15 +20,13 @@
 --
 -- Repeatable: `migrate` runs this file again whenever its content changes (CREATE OR REPLACE only).
 
--- Why an invitation event cannot be applied (the message of the batch's refusal), or null. Not
--- inlined (SET search_path), as clerk_sync.organization_event_problem: only an invitation event
--- pays for its checks.
+-- Why an invitation event cannot be applied (the message of the batch's refusal), or null.
+-- Inlined, as clerk_sync.organization_event_problem: only an invitation event runs its checks.
 create or replace function clerk_sync.invitation_event_problem(p_type text, p_data jsonb)
 returns text
 language sql
 immutable
 parallel safe
-set search_path = ''
 as $$
     select p_type || ' event ' || case
         when not clerk_sync.is_id(p_data -> 'id')

@@ -386,10 +386,8 @@ begin
     -- custom column on a private_metadata path added later, without calling Clerk.
     private_kept as (
         insert into clerk_sync.private_metadata as m (user_id, private_metadata)
-        select p.user_id, p.profile -> 'private_metadata' from per_user as p
-        where not p.deleted
-          and pg_catalog.jsonb_typeof(p.profile -> 'private_metadata') = 'object'
-          and p.profile -> 'private_metadata' <> '{}'
+        select p.user_id, clerk_sync.private_to_keep(p.profile) from per_user as p
+        where not p.deleted and clerk_sync.private_to_keep(p.profile) is not null
         on conflict (user_id) do update set private_metadata = excluded.private_metadata
         returning m.user_id
     ),
@@ -398,9 +396,7 @@ begin
         using per_user as p
         where m.user_id = p.user_id
           and (p.deleted
-               or (p.profile is not null
-                   and coalesce(pg_catalog.jsonb_typeof(p.profile -> 'private_metadata') <> 'object'
-                                or p.profile -> 'private_metadata' = '{}', true)))
+               or (p.profile is not null and clerk_sync.private_to_keep(p.profile) is null))
         returning m.user_id
     ),
     -- A dead letter's row becomes the handled delivery's: it keeps its first received_at (as
