@@ -124,7 +124,8 @@ def drop_database(server_dsn: str, dsn: str) -> None:
 CLEAN_SQL = """
 truncate public.users, clerk_sync.inbox, clerk_sync.tombstones, clerk_sync.pending_sign_ins,
     public.organizations, public.organization_memberships, clerk_sync.organization_tombstones,
-    clerk_sync.membership_tombstones, public.organization_invitations, clerk_sync.private_metadata
+    clerk_sync.membership_tombstones, public.organization_invitations, clerk_sync.private_metadata,
+    clerk_sync.organization_private_metadata, clerk_sync.membership_private_metadata
 """
 
 
