@@ -647,3 +647,216 @@ def test_zz_payload_retention_zero_drops_payloads_and_replay_says_so(site: Site)
     result = cli(site.cwd, "replay", "--svix-id", svix_id, **site.env)
     assert "Traceback" not in result.stdout + result.stderr
     assert "payload" in (result.stdout + result.stderr).lower(), result.stdout + result.stderr
+
+
+EDGE_TOML = """\
+[users.columns]
+n_int = { path = "public_metadata.v", type = "integer" }
+n_big = { path = "public_metadata.v", type = "bigint" }
+n_num = { path = "public_metadata.v", type = "numeric" }
+n_bool = { path = "public_metadata.v", type = "boolean" }
+n_text = { path = "public_metadata.v", type = "text" }
+n_arr = { path = "public_metadata.v", type = "text[]" }
+n_ts = { path = "public_metadata.v", type = "timestamptz" }
+"""
+
+
+@pytest.fixture(scope="module")
+def edge_site(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    cwd = tmp_path_factory.mktemp("edge-site")
+    (cwd / "clerk-sync.toml").write_text(EDGE_TOML)
+    s = Site(pg_server, cwd)
+    yield s
+    s.close(pg_server)
+
+
+# value -> which of the columns take it (the others stay null), per the contract's rules.
+EDGE_CASES: list[tuple[Any, set[str]]] = [
+    (True, {"n_bool"}),
+    (False, {"n_bool"}),
+    (5, {"n_int", "n_big", "n_num", "n_ts"}),
+    (2**31 - 1, {"n_int", "n_big", "n_num", "n_ts"}),
+    (2**31, {"n_big", "n_num", "n_ts"}),
+    (2**63, {"n_num"}),
+    (1.5, {"n_num"}),
+    ("1.5", {"n_text"}),
+    ("5", {"n_text"}),
+    (["a"], {"n_arr"}),
+    ([], {"n_arr"}),
+    (["a", 1], set()),
+    ({"a": 1}, set()),
+    (None, set()),
+]
+
+
+@pytest.mark.parametrize(("value", "taken_by"), EDGE_CASES, ids=[repr(v) for v, _ in EDGE_CASES])
+def test_a_value_converts_only_when_its_json_type_fits(
+    edge_site: Site, value: Any, taken_by: set[str]
+) -> None:
+    user_id = "user_edge_" + str(abs(hash(repr(value))))
+    assert edge_site.outcome(user(user_id, T0, {"v": value}, {})) == "applied"
+    row = edge_site.one(
+        "select n_int, n_big, n_num, n_bool, n_text, n_arr, n_ts from public.users where id = $1",
+        user_id,
+    )
+    taken = {name for name, v in row.items() if v is not None}
+    assert taken == taken_by, row
+
+
+def test_deletes_that_arrive_first_still_win(site: Site) -> None:
+    assert site.outcome(organization_event("organization.deleted", "org_cc_first", 0)) == "applied"
+    assert site.outcome(organization_event("organization.created", "org_cc_first", T0)) == "stale"
+    rows = support.fetch(
+        site.dsn, "select deleted_at from public.organizations where id = 'org_cc_first'"
+    )
+    assert rows == [] or rows[0]["deleted_at"] is not None
+    m = "orgmem_cc_first"
+    deleted = membership_event(
+        "organizationMembership.deleted", m, "org_cc_m1", "user_cc_m1", T0 + 2
+    )
+    assert site.outcome(deleted) == "applied"
+    created = membership_event(
+        "organizationMembership.created", m, "org_cc_m1", "user_cc_m1", T0 + 1
+    )
+    site.outcome(created)  # may be applied for its embedded organization
+    live = support.fetch(
+        site.dsn,
+        "select id from public.organization_memberships where id = $1 and deleted_at is null",
+        m,
+    )
+    assert live == []
+    assert (
+        site.outcome(
+            membership_event("organizationMembership.updated", m, "org_cc_m1", "user_cc_m1", T0 + 9)
+        )
+        == "stale"
+    )
+
+
+def test_hard_delete_mode_removes_rows_and_they_stay_gone(
+    pg_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    s = Site(pg_server, tmp_path_factory.mktemp("hard-site"), CLERK_SYNC_DELETE_MODE="hard")
+    try:
+        org = "org_cc_hard"
+        assert s.outcome(organization_event("organization.created", org, T0)) == "applied"
+        assert (
+            s.outcome(
+                membership_event(
+                    "organizationMembership.created", "orgmem_cc_h1", org, "user_h", T0 + 1
+                )
+            )
+            == "applied"
+        )
+        assert (
+            s.outcome(
+                membership_event(
+                    "organizationMembership.created", "orgmem_cc_h2", org, "user_i", T0 + 1
+                )
+            )
+            == "applied"
+        )
+        assert (
+            s.outcome(
+                membership_event(
+                    "organizationMembership.deleted", "orgmem_cc_h2", org, "user_i", T0 + 2
+                )
+            )
+            == "applied"
+        )
+        assert (
+            support.fetch(
+                s.dsn, "select id from public.organization_memberships where id = 'orgmem_cc_h2'"
+            )
+            == []
+        )
+        assert s.outcome(organization_event("organization.deleted", org, 0)) == "applied"
+        assert support.fetch(s.dsn, "select id from public.organizations where id = $1", org) == []
+        live = support.fetch(
+            s.dsn,
+            "select id from public.organization_memberships where organization_id = $1"
+            " and deleted_at is null",
+            org,
+        )
+        assert live == []
+        assert s.outcome(organization_event("organization.updated", org, T0 + 5)) == "stale"
+        assert (
+            s.outcome(
+                membership_event(
+                    "organizationMembership.updated",
+                    "orgmem_cc_h1",
+                    org,
+                    "user_h",
+                    T0 + 5,
+                    org_updated_at=T0 + 5,
+                )
+            )
+            == "stale"
+        )
+        assert support.fetch(s.dsn, "select id from public.organizations where id = $1", org) == []
+    finally:
+        s.close(pg_server)
+
+
+def test_concurrent_memberships_of_one_pair_leave_the_latest_live(site: Site) -> None:
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    org, u = "org_cc_conc", "user_cc_conc"
+    events = [
+        membership_event(
+            "organizationMembership.created",
+            f"orgmem_cc_c{i:02d}",
+            org,
+            u,
+            T0 + i,
+            created_at=T0 + i,
+            org_updated_at=T0 + i,
+            name=f"N{i:02d}",
+        )
+        for i in range(24)
+    ]
+    random.Random(7).shuffle(events)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(site.post, events))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    live = support.fetch(
+        site.dsn,
+        "select id from public.organization_memberships where organization_id = $1"
+        " and user_id = $2 and deleted_at is null",
+        org,
+        u,
+    )
+    assert live == [{"id": "orgmem_cc_c23"}]
+    assert site.one("select name from public.organizations where id = $1", org)["name"] == "N23"
+
+
+def test_http_edges_of_the_answer_table(site: Site) -> None:
+    import time
+
+    url = site.server.webhook_url
+    event = organization_event("organization.created", "org_cc_edges", T0)
+    body = dumps(event)
+    # 300 s ahead is accepted (inclusive tolerance; the server's clock only moves towards it).
+    headers = signed_headers(site.key, body, timestamp=int(time.time()) + 300)
+    answer = httpx.post(url, content=body, headers=headers)
+    assert answer.status_code == 200 and answer.json() == {"outcome": "applied"}
+    # The webhook-* spelling of the headers (Standard Webhooks) works too.
+    body2 = dumps(organization_event("organization.updated", "org_cc_edges", T0 + 1))
+    h = signed_headers(site.key, body2)
+    std = {"content-type": "application/json"} | {
+        k.replace("svix-", "webhook-"): v for k, v in h.items() if k.startswith("svix-")
+    }
+    answer = httpx.post(url, content=body2, headers=std)
+    assert answer.status_code == 200 and answer.json() == {"outcome": "applied"}
+    # A malformed timestamp header: 400.
+    bad = {**signed_headers(site.key, body), "svix-timestamp": "yesterday"}
+    answer = httpx.post(url, content=body, headers=bad)
+    assert answer.status_code == 400 and answer.json()["error"]
+    # Verified but not JSON: 400.
+    answer = httpx.post(url, content=b"not json", headers=signed_headers(site.key, b"not json"))
+    assert answer.status_code == 400 and answer.json()["error"]
+    # Verified, JSON with a type but no data: 400.
+    no_data = b'{"type": "organization.created"}'
+    answer = httpx.post(url, content=no_data, headers=signed_headers(site.key, no_data))
+    assert answer.status_code == 400 and answer.json()["error"]
