@@ -635,6 +635,12 @@ def test_zz_payload_retention_zero_drops_payloads_and_replay_says_so(site: Site)
     before = support.fetch(site.dsn, "select i::text as t from clerk_sync.inbox i")
     assert any(svix_id in r["t"] and has_text(r["t"], "first_name") for r in before)
 
+    # The default (3 days) keeps a fresh payload.
+    result = cli(site.cwd, "purge", **site.env)
+    assert result.returncode == 0, result.stderr
+    after = support.fetch(site.dsn, "select i::text as t from clerk_sync.inbox i")
+    assert any(svix_id in r["t"] and has_text(r["t"], "first_name") for r in after)
+
     result = cli(site.cwd, "purge", **site.env, CLERK_SYNC_PAYLOAD_RETENTION_DAYS="0")
     assert result.returncode == 0, result.stderr
     rows = support.fetch(site.dsn, "select i::text as t from clerk_sync.inbox i")
@@ -647,6 +653,7 @@ def test_zz_payload_retention_zero_drops_payloads_and_replay_says_so(site: Site)
     result = cli(site.cwd, "replay", "--svix-id", svix_id, **site.env)
     assert "Traceback" not in result.stdout + result.stderr
     assert "payload" in (result.stdout + result.stderr).lower(), result.stdout + result.stderr
+    assert result.returncode == 1  # replay's "could not be applied"
 
 
 EDGE_TOML = """\
@@ -860,3 +867,85 @@ def test_http_edges_of_the_answer_table(site: Site) -> None:
     no_data = b'{"type": "organization.created"}'
     answer = httpx.post(url, content=no_data, headers=signed_headers(site.key, no_data))
     assert answer.status_code == 400 and answer.json()["error"]
+
+
+def test_other_events_keep_or_fill_the_custom_columns(site: Site) -> None:
+    from clerk_sync.testing import session_event
+
+    public = {"role": "owner", "plan": "team", "credits": 3}
+    assert site.outcome(user("user_cc_sess", T0 + 1, public, {"stripe_customer_id": "cus_s"})) == (
+        "applied"
+    )
+    # session.created changes nothing but last_sign_in_at.
+    assert site.outcome(session_event("user_cc_sess", T0 + 100, T0 + 100)) == "applied"
+    row = site.one(
+        "select role, plan, credits, stripe_customer_id, last_sign_in_at from public.users"
+        " where id = 'user_cc_sess'"
+    )
+    assert int(row.pop("last_sign_in_at").timestamp() * 1000) == T0 + 100
+    assert row == {"role": "owner", "plan": "team", "credits": 3, "stripe_customer_id": "cus_s"}
+    # An organization written from a membership's embedded copy gets its columns too.
+    assert (
+        site.outcome(
+            membership_event(
+                "organizationMembership.created",
+                "orgmem_cc_tier",
+                "org_cc_emb_tier",
+                "user_cc_sess",
+                T0,
+                public_metadata={"tier": "silver"},
+            )
+        )
+        == "applied"
+    )
+    assert site.one("select tier from public.organizations where id = 'org_cc_emb_tier'") == {
+        "tier": "silver"
+    }
+
+
+def test_serve_adds_and_fills_columns_declared_later(
+    pg_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    cwd = tmp_path_factory.mktemp("later-site")
+    s = Site(pg_server, cwd)
+    try:
+        assert (
+            s.outcome(user("user_cc_l1", T0, {"tier": "x", "n": "7"}, {"p": "cus_l"})) == "applied"
+        )
+        assert (
+            s.outcome(
+                membership_event(
+                    "organizationMembership.created",
+                    "orgmem_cc_l1",
+                    "org_cc_l1",
+                    "user_cc_l1",
+                    T0,
+                    public_metadata={"tier": "gold"},
+                )
+            )
+            == "applied"
+        )
+        s.server.stop()
+        (cwd / "clerk-sync.toml").write_text(
+            "[users.columns]\n"
+            'n = { path = "public_metadata.n", type = "integer", default = 0 }\n'
+            'p = { path = "private_metadata.p", private = true }\n'
+            "[organizations.columns]\n"
+            'tier = "public_metadata.tier"\n'
+            "[organization_memberships.columns]\n"
+            'org_role = "role"\n'
+        )
+        s.server = support.ServerProcess(env_for(CLERK_WEBHOOK_SECRET=s.secret, **s.env), cwd=cwd)
+        s.server.wait_ready()
+        assert s.one("select n, p from public.users where id = 'user_cc_l1'") == {
+            "n": 0,  # "7" does not fit integer: the default
+            "p": "cus_l",
+        }
+        assert s.one("select tier from public.organizations where id = 'org_cc_l1'") == {
+            "tier": "gold"
+        }
+        assert s.one(
+            "select org_role from public.organization_memberships where id = 'orgmem_cc_l1'"
+        ) == {"org_role": "org:member"}
+    finally:
+        s.close(pg_server)
