@@ -949,3 +949,76 @@ def test_serve_adds_and_fills_columns_declared_later(
         ) == {"org_role": "org:member"}
     finally:
         s.close(pg_server)
+
+
+def test_nulls_equal_times_and_a_deleted_user_never_seen(site: Site) -> None:
+    org, u, m = "org_cc_null", "user_cc_never", "orgmem_cc_null"
+    event = membership_event("organizationMembership.created", m, org, u, T0 + 1)
+    event["data"]["permissions"] = None
+    event["data"]["public_metadata"] = None
+    event["data"]["organization"]["public_metadata"] = None
+    assert site.outcome(event) == "applied"
+    row = site.one(
+        "select permissions, public_metadata::text as pm from public.organization_memberships"
+        " where id = $1",
+        m,
+    )
+    assert row == {"permissions": [], "pm": "{}"}
+    org_pm = site.one(
+        "select public_metadata::text as pm from public.organizations where id = $1", org
+    )
+    assert org_pm == {"pm": "{}"}
+    # An equal updated_at is stale.
+    same = membership_event("organizationMembership.updated", m, org, u, T0 + 1, role="org:admin")
+    assert site.outcome(same) == "stale"
+    assert site.one("select role from public.organization_memberships where id = $1", m) == {
+        "role": "org:member"
+    }
+    # The user was never synced; their user.deleted still ends the membership.
+    assert site.outcome(deleted_event(u)) == "applied"
+    assert site.one(
+        "select deleted_at is not null as ended from public.organization_memberships where id = $1",
+        m,
+    ) == {"ended": True}
+
+
+def test_an_embedded_copy_does_not_revive_a_deleted_organization(site: Site) -> None:
+    org = "org_cc_norevive"
+    assert site.outcome(organization_event("organization.created", org, T0)) == "applied"
+    assert site.outcome(organization_event("organization.deleted", org, 0)) == "applied"
+    late = membership_event(
+        "organizationMembership.created",
+        "orgmem_cc_nr",
+        org,
+        "user_cc_nr",
+        T0 + 50,
+        org_updated_at=T0 + 50,
+        name="Revived?",
+    )
+    assert site.outcome(late) == "stale"
+    row = site.one("select name, deleted_at from public.organizations where id = $1", org)
+    assert row["name"] == "Acme" and row["deleted_at"] is not None
+
+
+def test_an_organization_delete_racing_its_memberships_leaves_none_live(site: Site) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    org = "org_cc_race"
+    assert site.outcome(organization_event("organization.created", org, T0)) == "applied"
+    events = [
+        membership_event(
+            "organizationMembership.created", f"orgmem_cc_race{i}", org, f"user_r{i}", T0 + 1
+        )
+        for i in range(20)
+    ]
+    events.insert(10, organization_event("organization.deleted", org, 0))
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(site.post, events))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    live = support.fetch(
+        site.dsn,
+        "select id from public.organization_memberships where organization_id = $1"
+        " and deleted_at is null",
+        org,
+    )
+    assert live == []
