@@ -115,6 +115,17 @@ class Site:
         support.drop_database(pg_server, self.dsn)
 
 
+def live_memberships(s: Site, org: str, user_id: str | None = None) -> list[dict[str, Any]]:
+    """The live memberships of an organization (of one user in it), by id."""
+    return support.fetch(
+        s.dsn,
+        "select id from public.organization_memberships where organization_id = $1"
+        " and ($2::text is null or user_id = $2) and deleted_at is null order by id",
+        org,
+        user_id,
+    )
+
+
 @pytest.fixture(scope="module")
 def site(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     cwd = tmp_path_factory.mktemp("contract-site")
@@ -415,12 +426,7 @@ def test_organization_delete_ends_memberships_and_a_second_delete_is_stale(site:
         site.one("select deleted_at from public.organizations where id = $1", org)["deleted_at"]
         is not None
     )
-    live = support.fetch(
-        site.dsn,
-        "select id from public.organization_memberships where organization_id = $1"
-        " and deleted_at is null",
-        org,
-    )
+    live = live_memberships(site, org)
     assert live == []
     assert site.outcome(organization_event("organization.deleted", org, 0)) == "stale"
     assert site.outcome(organization_event("organization.updated", org, T0 + 99)) == "stale"
@@ -466,13 +472,7 @@ def test_rejoin_keeps_one_live_membership(site: Site) -> None:
         )
         == "applied"
     )
-    live = support.fetch(
-        site.dsn,
-        "select id from public.organization_memberships where organization_id = $1"
-        " and user_id = $2 and deleted_at is null",
-        org,
-        u,
-    )
+    live = live_memberships(site, org, u)
     assert live == [{"id": "orgmem_cc_r3"}]
     # An update of the ended r2 does not bring it back as a second live one.
     assert site.outcome(
@@ -480,13 +480,7 @@ def test_rejoin_keeps_one_live_membership(site: Site) -> None:
             "organizationMembership.updated", "orgmem_cc_r2", org, u, T0 + 5, created_at=T0 + 3
         )
     ) in ("applied", "stale")
-    live = support.fetch(
-        site.dsn,
-        "select id from public.organization_memberships where organization_id = $1"
-        " and user_id = $2 and deleted_at is null",
-        org,
-        u,
-    )
+    live = live_memberships(site, org, u)
     assert live == [{"id": "orgmem_cc_r3"}]
 
 
@@ -562,13 +556,7 @@ def test_a_membership_created_earlier_never_becomes_live(site: Site) -> None:
             "organizationMembership.created", "orgmem_cc_o1", org, u, T0 + 1, created_at=T0 + 1
         )
     )
-    live = support.fetch(
-        site.dsn,
-        "select id from public.organization_memberships where organization_id = $1"
-        " and user_id = $2 and deleted_at is null",
-        org,
-        u,
-    )
+    live = live_memberships(site, org, u)
     assert live == [{"id": "orgmem_cc_o2"}]
 
 
@@ -779,12 +767,7 @@ def test_hard_delete_mode_removes_rows_and_they_stay_gone(
         )
         assert s.outcome(organization_event("organization.deleted", org, 0)) == "applied"
         assert support.fetch(s.dsn, "select id from public.organizations where id = $1", org) == []
-        live = support.fetch(
-            s.dsn,
-            "select id from public.organization_memberships where organization_id = $1"
-            " and deleted_at is null",
-            org,
-        )
+        live = live_memberships(s, org)
         assert live == []
         assert s.outcome(organization_event("organization.updated", org, T0 + 5)) == "stale"
         assert (
@@ -827,13 +810,7 @@ def test_concurrent_memberships_of_one_pair_leave_the_latest_live(site: Site) ->
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(site.post, events))
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
-    live = support.fetch(
-        site.dsn,
-        "select id from public.organization_memberships where organization_id = $1"
-        " and user_id = $2 and deleted_at is null",
-        org,
-        u,
-    )
+    live = live_memberships(site, org, u)
     assert live == [{"id": "orgmem_cc_c23"}]
     assert site.one("select name from public.organizations where id = $1", org)["name"] == "N23"
 
@@ -1015,10 +992,5 @@ def test_an_organization_delete_racing_its_memberships_leaves_none_live(site: Si
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(site.post, events))
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
-    live = support.fetch(
-        site.dsn,
-        "select id from public.organization_memberships where organization_id = $1"
-        " and deleted_at is null",
-        org,
-    )
+    live = live_memberships(site, org)
     assert live == []
