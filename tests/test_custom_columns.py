@@ -102,15 +102,15 @@ def test_the_contract_example() -> None:
         ("[users.columns]\na = { path = 'public_metadata.a', private = 'yes' }", "private"),
         (
             "[users.columns]\na = { path = 'public_metadata.a', type = 'integer', default = 'x' }",
-            "default 'x' is not a integer value",
+            "default 'x' is not a value of type integer",
         ),
         (
             "[users.columns]\na = { path = 'public_metadata.a', type = 'integer', default = 1.5 }",
-            "default 1.5 is not a integer value",
+            "default 1.5 is not a value of type integer",
         ),
         (
             "[users.columns]\na = { path = 'public_metadata.a', type = 'text[]', default = [1] }",
-            "default [1] is not a text[] value",
+            "default [1] is not a value of type text[]",
         ),
         (
             "[users.columns]\na = { path = 'public_metadata.a', type = 'timestamptz', "

@@ -426,7 +426,7 @@ def _default(column_type: ColumnType, default: Any) -> Json:
         )
     plain = json.loads(json.dumps(default), parse_float=Decimal)
     if convert(column_type, plain) is None:
-        raise ValueError(f"default {default!r} is not a {column_type} value")
+        raise ValueError(f"default {default!r} is not a value of type {column_type}")
     return plain  # type: ignore[no-any-return]
 
 
