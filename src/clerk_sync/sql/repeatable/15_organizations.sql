@@ -129,8 +129,8 @@ $$;
 -- membership writes: one event per membership id, one per organization and user pair, no event
 -- naming a membership whose row has another pair, and none of the deletes that end several
 -- memberships (organization.deleted, user.deleted) or invitations:
--- clerk_sync.apply_organization_events checks that before it hands a whole batch over, and else
--- hands each event over alone.
+-- clerk_sync.apply_organization_events checks that before it hands consecutive runs of a batch
+-- over (each run such a set), and else hands each event over alone.
 -- p_deleted_users: users whose user.deleted came earlier in the batch (their tombstones are
 -- written after). Each svix-id's first delivery counts, unless handled before (as the batch's
 -- `fresh`). Returns each event's batch index and outcome.
@@ -388,9 +388,10 @@ $$;
 -- Apply a batch's organization, membership and invitation events (the batch is valid and its
 -- locks are held), with the same result as applying them one at a time in batch order, each
 -- seeing what the one before wrote. The common batch (creates and updates of distinct
--- memberships and organizations) is written set-based, by clerk_sync.apply_organization_writes;
--- a batch with deletes of organizations or users, invitations, or two events for one membership
--- (or one organization and user pair) goes one event at a time.
+-- memberships and organizations, and repeats of one membership or organization and user pair:
+-- consecutive runs, each without repeats) is written set-based, by
+-- clerk_sync.apply_organization_writes; a batch with deletes of organizations or users,
+-- invitations, or a membership id named with two pairs goes one event at a time.
 -- Returns their outcomes, indexed by the event's position in the batch (null elsewhere); the
 -- caller records them in the inbox with the rest. The rules (docs: the contract's v2 section):
 --   * an organization's and a membership's columns come from the event with the greatest
@@ -420,6 +421,15 @@ declare
     v_ending_organizations text[];
     v_ending_users text[];
     v_one_by_one boolean;
+    v_member_n bigint[];
+    v_member_keys text[];
+    v_pair_keys text[];
+    v_written bigint[];
+    v_svix_ids text[];
+    v_events jsonb[];
+    v_seen text[] := '{}';
+    v_first bigint := 1;
+    v_write record;
 begin
     -- The memberships this batch's deletes may end (those of its organization.deleted and
     -- user.deleted events), locked first and in one global order (by id). An organization's
@@ -427,20 +437,29 @@ begin
     -- (the organization's, the user's): ending them in each statement's own order, two such
     -- batches could each hold a row the other waits for, and PostgreSQL would abort one of
     -- them (a deadlock). And whether the batch's events may be written as one set (see
-    -- clerk_sync.apply_organization_writes): else they go one by one.
+    -- clerk_sync.apply_organization_writes, in consecutive runs of the batch: see below):
+    -- else they go one by one.
     select pg_catalog.array_agg(b.organization_id) filter (where b.kind = 'organization_delete'),
            pg_catalog.array_agg(b.user_id) filter (where b.kind = 'delete'),
            pg_catalog.bool_or(b.kind in ('organization_delete', 'delete', 'invitation'))
-               or pg_catalog.count(b.member_id) <> pg_catalog.count(distinct b.member_id)
-               or pg_catalog.count(b.member_id)
-                  <> pg_catalog.count(distinct (b.organization_id, b.user_id))
+               or pg_catalog.count(distinct b.member_id)
+                  <> pg_catalog.count(distinct (b.member_id, b.organization_id, b.user_id))
                          filter (where b.member_id is not null)
                or pg_catalog.bool_or(exists (
                       select 1 from public.organization_memberships as m
                       where m.id = b.member_id
-                        and (m.organization_id, m.user_id) <> (b.organization_id, b.user_id)))
-    into v_ending_organizations, v_ending_users, v_one_by_one
-    from (select distinct on (b.svix_id) b.kind, b.user_id, b.organization_id,
+                        and (m.organization_id, m.user_id) <> (b.organization_id, b.user_id))),
+           pg_catalog.array_agg(b.n order by b.n) filter (where b.member_id is not null),
+           pg_catalog.array_agg(pg_catalog.to_jsonb(b.member_id)::text order by b.n)
+               filter (where b.member_id is not null),
+           pg_catalog.array_agg(pg_catalog.jsonb_build_array(b.organization_id, b.user_id)::text
+                                order by b.n)
+               filter (where b.member_id is not null),
+           pg_catalog.array_agg(b.n)
+               filter (where b.kind in ('organization', 'membership', 'membership_delete'))
+    into v_ending_organizations, v_ending_users, v_one_by_one, v_member_n, v_member_keys,
+         v_pair_keys, v_written
+    from (select distinct on (b.svix_id) b.n, b.kind, b.user_id, b.organization_id,
                  case when b.kind in ('membership', 'membership_delete')
                       then b.event -> 'data' ->> 'id' end as member_id
           from clerk_sync.batch_events(p_svix_ids, p_events) as b
@@ -454,13 +473,43 @@ begin
         for update;
     end if;
 
+    -- Written as sets: the batch cut into consecutive runs, each with at most one event per
+    -- membership id and per organization and user pair (a new run starts at the event that
+    -- would repeat one), written one run after another, each seeing what the one before wrote:
+    -- the same as one event at a time. Every event of a membership id names the same pair (and
+    -- its row's, checked above), so no run sees a row of that id with another pair. The runs
+    -- get only the events they write, the rest blanked (kind 'ignore', no svix-id): the other
+    -- kinds, and a delivery repeated in the batch but its first (the inbox, written after this
+    -- step, does not know it yet).
     if not v_one_by_one then
-        return array(
-            select w.outcome
-            from pg_catalog.generate_series(1, pg_catalog.cardinality(p_events)) as g(n)
-            left join clerk_sync.apply_organization_writes(p_svix_ids, p_events, 1, p_delete_mode,
-                                                           '{}') as w on w.n = g.n
-            order by g.n);
+        select pg_catalog.array_agg(case when u.n = any(v_written) then u.svix_id end order by u.n),
+               pg_catalog.array_agg(case when u.n = any(v_written) then u.event else '{}' end
+                                    order by u.n)
+        into v_svix_ids, v_events
+        from unnest(p_svix_ids, p_events) with ordinality as u(svix_id, event, n);
+        for i in 1 .. coalesce(pg_catalog.cardinality(v_member_n), 0) loop
+            if v_member_keys[i] = any(v_seen) or v_pair_keys[i] = any(v_seen) then
+                for v_write in
+                    select w.n, w.outcome
+                    from clerk_sync.apply_organization_writes(
+                        v_svix_ids[v_first:v_member_n[i] - 1], v_events[v_first:v_member_n[i] - 1],
+                        v_first, p_delete_mode, '{}') as w
+                loop
+                    v_outcomes[v_write.n] := v_write.outcome;
+                end loop;
+                v_first := v_member_n[i];
+                v_seen := '{}';
+            end if;
+            v_seen := v_seen || v_member_keys[i] || v_pair_keys[i];
+        end loop;
+        for v_write in
+            select w.n, w.outcome
+            from clerk_sync.apply_organization_writes(
+                v_svix_ids[v_first:], v_events[v_first:], v_first, p_delete_mode, '{}') as w
+        loop
+            v_outcomes[v_write.n] := v_write.outcome;
+        end loop;
+        return v_outcomes;
     end if;
 
     for v_event in
