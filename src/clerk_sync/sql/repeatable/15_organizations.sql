@@ -239,6 +239,7 @@ begin
         select w.organization_id, clerk_sync.private_to_keep(w.org) from winners as w
         where clerk_sync.private_to_keep(w.org) is not null
         on conflict (organization_id) do update set private_metadata = excluded.private_metadata
+        where p.private_metadata is distinct from excluded.private_metadata
         returning p.organization_id
     ),
     org_private_dropped as (
@@ -340,6 +341,7 @@ begin
             select w.member_id, clerk_sync.private_to_keep(w.data) from written as w
             where clerk_sync.private_to_keep(w.data) is not null
             on conflict (membership_id) do update set private_metadata = excluded.private_metadata
+            where p.private_metadata is distinct from excluded.private_metadata
             returning p.membership_id
         ),
         private_dropped as (

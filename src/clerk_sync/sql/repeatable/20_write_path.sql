@@ -389,6 +389,7 @@ begin
         select p.user_id, clerk_sync.private_to_keep(p.profile) from per_user as p
         where not p.deleted and clerk_sync.private_to_keep(p.profile) is not null
         on conflict (user_id) do update set private_metadata = excluded.private_metadata
+        where m.private_metadata is distinct from excluded.private_metadata
         returning m.user_id
     ),
     private_dropped as (
