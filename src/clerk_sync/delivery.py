@@ -176,16 +176,17 @@ class DeliveryHandler:
             if outcome is Outcome.APPLIED:
                 metrics.LIVE.last_applied = time.time()
                 if self.custom_columns and event.type in EVENT_WRITES:
-                    self._count_unconvertible(event.type, event.body, line)
+                    self._count_unconvertible(event.type, event.data, line)
             return self._finish(started, line, 200, {"outcome": outcome.value}, None, outcome.value)
         finally:
             metrics.LIVE.in_flight -= 1
 
-    def _count_unconvertible(self, event_type: str, body: str, line: dict[str, Any]) -> None:
+    def _count_unconvertible(
+        self, event_type: str, data: dict[str, Any], line: dict[str, Any]
+    ) -> None:
         """The custom columns this applied event set to their default because its value did
-        not convert: counted, and named (never the value) in the delivery's log line. Parsed
-        again (only with custom columns declared) rather than every event's data kept."""
-        found = self.custom_columns.unconvertible_in(event_type, orjson.loads(body)["data"])
+        not convert: counted, and named (never the value) in the delivery's log line."""
+        found = self.custom_columns.unconvertible_in(event_type, data)
         for column in found:
             metrics.CUSTOM_COLUMN_UNCONVERTIBLE.labels(column.table, column.name).inc()
         if found:

@@ -9,7 +9,7 @@ away, with a reason, what cannot even be routed: a body that is not a JSON objec
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -90,6 +90,9 @@ class ClerkEvent:
     type: str
     user_id: str | None  # for the log line: the id the event names, if a string (unchecked)
     body: str  # the verified body, exactly as signed, for the database to parse as jsonb
+    # Its data as parsed here, for what the server reads of it afterwards (custom columns'
+    # unconvertible values) without parsing the body a second time.
+    data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def metric_type(self) -> str:
@@ -130,7 +133,9 @@ def parse_event(body: bytes) -> ClerkEvent:
     if not isinstance(data, dict):
         raise NotAClerkEvent(f'the {event_type} event has no object "data"')
 
-    return ClerkEvent(type=event_type, user_id=_named_user(event_type, data), body=body.decode())
+    return ClerkEvent(
+        type=event_type, user_id=_named_user(event_type, data), body=body.decode(), data=data
+    )
 
 
 def _named_user(event_type: str, data: dict[str, Any]) -> str | None:
